@@ -1,0 +1,69 @@
+"""Who is calling: bearer-token authentication and role requirements, shared by every domain."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from app.kit.errors import Forbidden, Unauthorized
+from app.kit.logging import user_id_var
+from app.kit.security import InvalidToken, Passwords, Tokens
+from app.models import Role
+
+_bearer = HTTPBearer(auto_error=False, description="Access token from POST /v1/auth/token")
+
+
+@dataclass(frozen=True)
+class Principal:
+    user_id: uuid.UUID
+    role: Role
+
+
+def get_tokens(request: Request) -> Tokens:
+    tokens: Tokens = request.app.state.tokens
+    return tokens
+
+
+def get_passwords(request: Request) -> Passwords:
+    passwords: Passwords = request.app.state.passwords
+    return passwords
+
+
+async def current_principal(
+    tokens: Annotated[Tokens, Depends(get_tokens)],
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Principal:
+    if credentials is None or credentials.scheme.lower() != "bearer":
+        raise Unauthorized("A bearer access token is required.")
+    try:
+        claims = tokens.decode_access(credentials.credentials)
+        role = Role(claims.role)
+    except (InvalidToken, ValueError) as exc:
+        raise Unauthorized("The access token is invalid or expired.") from exc
+    user_id_var.set(str(claims.user_id))
+    return Principal(user_id=claims.user_id, role=role)
+
+
+CurrentPrincipal = Annotated[Principal, Depends(current_principal)]
+
+
+def require_roles(*roles: Role) -> Callable[[Principal], Awaitable[Principal]]:
+    """A dependency that admits only the given roles (403 `forbidden` for the others)."""
+    allowed = frozenset(roles)
+
+    async def dependency(principal: CurrentPrincipal) -> Principal:
+        if principal.role not in allowed:
+            raise Forbidden(f"This action requires one of: {', '.join(sorted(allowed))}.")
+        return principal
+
+    return dependency
+
+
+AdminPrincipal = Annotated[Principal, Depends(require_roles(Role.ADMIN))]
+Passwords_ = Annotated[Passwords, Depends(get_passwords)]
+Tokens_ = Annotated[Tokens, Depends(get_tokens)]

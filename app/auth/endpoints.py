@@ -1,0 +1,53 @@
+from __future__ import annotations
+
+from fastapi import APIRouter, status
+
+from app.auth import service
+from app.auth.dependencies import AdminPrincipal, CurrentPrincipal, Passwords_, Tokens_
+from app.auth.schemas import (
+    CreateUserIn,
+    LogoutIn,
+    RefreshIn,
+    RegisterIn,
+    TokenIn,
+    TokenPair,
+    UserOut,
+)
+from app.kit.db import WriteSession
+
+router = APIRouter(tags=["auth"])
+
+
+@router.post("/v1/auth/register", status_code=status.HTTP_201_CREATED, response_model=UserOut)
+async def register(data: RegisterIn, session: WriteSession, passwords: Passwords_) -> UserOut:
+    user = await service.register_patient(session, passwords, data)
+    return UserOut.model_validate(user)
+
+
+@router.post("/v1/auth/token", response_model=TokenPair)
+async def token(
+    data: TokenIn, session: WriteSession, passwords: Passwords_, tokens: Tokens_
+) -> TokenPair:
+    return await service.login(session, passwords, tokens, data)
+
+
+@router.post("/v1/auth/refresh", response_model=TokenPair)
+async def refresh(data: RefreshIn, session: WriteSession, tokens: Tokens_) -> TokenPair:
+    return await service.refresh(session, tokens, data.refresh_token)
+
+
+@router.post("/v1/auth/logout", status_code=status.HTTP_204_NO_CONTENT)
+async def logout(data: LogoutIn, principal: CurrentPrincipal, session: WriteSession) -> None:
+    await service.logout(session, principal, data.refresh_token)
+
+
+@router.get("/v1/me", response_model=UserOut)
+async def me(principal: CurrentPrincipal, session: WriteSession) -> UserOut:
+    return UserOut.model_validate(await service.me(session, principal))
+
+
+@router.post("/v1/users", status_code=status.HTTP_201_CREATED, response_model=UserOut)
+async def create_user(
+    data: CreateUserIn, _: AdminPrincipal, session: WriteSession, passwords: Passwords_
+) -> UserOut:
+    return UserOut.model_validate(await service.create_operator(session, passwords, data))

@@ -1,0 +1,210 @@
+"""`carebook` command line: serve, worker, migrate, seed, create-user.
+
+With no `CAREBOOK_DATABASE_URL` / `CAREBOOK_REDIS_URL`, every command uses the embedded
+PostgreSQL and Redis under the data folder, also while `carebook serve` is running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from app.kit.embedded import EmbeddedServers, ensure_secret_file
+from app.settings import DEVELOPMENT_JWT_SECRET, Settings, get_settings
+
+cli = typer.Typer(
+    help="Carebook: appointment booking for clinics and telehealth practices.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+DataDir = Annotated[
+    Path | None,
+    typer.Option(
+        "--data-dir",
+        help="Folder of the embedded PostgreSQL and Redis (used when no URLs are set). "
+        "Default: CAREBOOK_DATA_DIR or the user's data directory.",
+        file_okay=False,
+    ),
+]
+
+
+def _reload_settings() -> Settings:
+    get_settings.cache_clear()
+    return get_settings()
+
+
+@contextmanager
+def _environment(data_dir: Path | None, *, with_redis: bool) -> Iterator[Settings]:
+    """Settings pointing at real servers: the configured URLs, or embedded ones started here.
+
+    In embedded mode the job worker runs inside the API process (no second command needed).
+    """
+    if data_dir is not None:
+        os.environ["CAREBOOK_DATA_DIR"] = str(data_dir.resolve())
+    settings = _reload_settings()
+    if not settings.embedded:
+        yield settings
+        return
+    os.environ.setdefault("CAREBOOK_RUN_WORKER_IN_PROCESS", "true")
+    servers = EmbeddedServers(settings.data_dir, with_redis=with_redis and not settings.redis_url)
+    typer.echo(f"Embedded mode: data in {settings.data_dir}", err=True)
+    database_url, redis_url = servers.start()
+    try:
+        os.environ["CAREBOOK_DATABASE_URL"] = database_url
+        if redis_url:
+            os.environ["CAREBOOK_REDIS_URL"] = redis_url
+        if settings.jwt_secret.get_secret_value() == DEVELOPMENT_JWT_SECRET:
+            os.environ["CAREBOOK_JWT_SECRET"] = ensure_secret_file(settings.data_dir / "jwt-secret")
+        yield _reload_settings()
+    finally:
+        servers.stop()
+
+
+def _migrate(settings: Settings) -> None:
+    from app.kit.migrations import upgrade
+
+    assert settings.database_url is not None
+    asyncio.run(upgrade(settings.database_url))
+
+
+@cli.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.", min=1, max=65535)] = 8000,
+    workers: Annotated[int, typer.Option(help="uvicorn worker processes.", min=1, max=64)] = 1,
+    data_dir: DataDir = None,
+    demo: Annotated[
+        bool, typer.Option("--demo", help="Seed a demo clinic and print its logins.")
+    ] = False,
+) -> None:
+    """Run the HTTP API.
+
+    With no database URL configured this starts embedded PostgreSQL and Redis, applies the
+    migrations and runs the job worker inside the API process; Ctrl-C stops everything.
+    """
+    import uvicorn
+
+    with _environment(data_dir, with_redis=True) as settings:
+        _migrate(settings)
+        if demo:
+            from app.seed import print_demo_logins, seed_demo
+
+            asyncio.run(seed_demo(_reload_settings()))
+            print_demo_logins(host, port)
+        uvicorn.run(
+            "app.main:app_factory",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            loop="uvloop",
+            http="httptools",
+            log_config=None,
+            timeout_graceful_shutdown=20,
+        )
+
+
+@cli.command()
+def worker(data_dir: DataDir = None) -> None:
+    """Run the background job worker (notifications, reminders, outbox relay, cron jobs)."""
+    from app.kit.logging import configure_logging
+    from workers.runner import build_worker
+
+    with _environment(data_dir, with_redis=True) as settings:
+        configure_logging(settings.log_level, json=settings.log_json)
+        build_worker(settings, handle_signals=True).run()
+
+
+@cli.command()
+def migrate(
+    data_dir: DataDir = None,
+    revision: Annotated[str, typer.Option(help="Target revision.")] = "head",
+) -> None:
+    """Apply database migrations (Alembic) up to the latest revision."""
+    from app.kit.migrations import upgrade
+
+    with _environment(data_dir, with_redis=False) as settings:
+        assert settings.database_url is not None
+        asyncio.run(upgrade(settings.database_url, revision))
+        typer.echo(f"Database migrated to {revision}.")
+
+
+@cli.command()
+def seed(
+    data_dir: DataDir = None,
+    demo: Annotated[
+        bool, typer.Option("--demo", help="Demo clinics, providers, schedules and patients.")
+    ] = False,
+    scale: Annotated[
+        int | None,
+        typer.Option(help="Benchmark dataset with N appointments (loaded with COPY).", min=1),
+    ] = None,
+) -> None:
+    """Load data: the demo dataset (idempotent) or a benchmark dataset of a given size."""
+    if demo == (scale is not None):
+        raise typer.BadParameter("give exactly one of --demo or --scale N")
+    with _environment(data_dir, with_redis=False) as settings:
+        _migrate(settings)
+        if demo:
+            from app.seed import print_demo_logins, seed_demo
+
+            asyncio.run(seed_demo(settings))
+            print_demo_logins("127.0.0.1", 8000)
+        else:
+            from app.seed import seed_scale
+
+            assert scale is not None
+            asyncio.run(seed_scale(settings, scale))
+
+
+@cli.command("create-user")
+def create_user(
+    email: Annotated[str, typer.Option(help="Login email.")],
+    password: Annotated[str, typer.Option(help="Password (8 to 128 characters).")],
+    role: Annotated[str, typer.Option(help="admin or staff.")],
+    clinic_id: Annotated[
+        str | None, typer.Option("--clinic-id", help="Clinic of a staff member.")
+    ] = None,
+    full_name: Annotated[str | None, typer.Option(help="Display name.")] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Create an operator account (admin or staff), e.g. the first admin of an installation."""
+    from pydantic import ValidationError
+
+    from app.auth.schemas import CreateUserIn
+    from app.kit.errors import AppError
+    from app.seed import create_operator
+
+    try:
+        data = CreateUserIn.model_validate(
+            {
+                "email": email,
+                "password": password,
+                "full_name": full_name or email.split("@", 1)[0],
+                "role": role,
+                "clinic_id": clinic_id,
+            }
+        )
+    except ValidationError as exc:
+        messages = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise typer.BadParameter(messages) from exc
+    with _environment(data_dir, with_redis=False) as settings:
+        _migrate(settings)
+        try:
+            user_id = asyncio.run(create_operator(settings, data))
+        except AppError as exc:
+            typer.echo(f"error: {exc.detail}", err=True)
+            raise typer.Exit(code=1) from exc
+    typer.echo(f"Created {data.role} {data.email} with id {user_id}.")
+
+
+def main() -> None:
+    cli()

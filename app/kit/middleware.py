@@ -1,0 +1,109 @@
+"""Pure-ASGI middleware: request ids, request-body limits, and the last-resort error handler."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.kit.errors import problem_response
+from app.kit.logging import request_id_var
+
+logger = logging.getLogger("carebook.errors")
+access_logger = logging.getLogger("carebook.access")
+
+_VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+class RequestContextMiddleware:
+    """Assigns the request id, bounds the body size and turns any unhandled error into a 500
+    problem+json that carries the request id and nothing else (the trace goes to the log)."""
+
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        headers = dict(scope.get("headers") or [])
+        incoming = headers.get(b"x-request-id", b"").decode("latin-1")
+        request_id = incoming if _VALID_REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+        token = request_id_var.set(request_id)
+        started = False
+        status = 500
+        began = time.perf_counter()
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal started, status
+            if message["type"] == "http.response.start":
+                started = True
+                status = message["status"]
+                message.setdefault("headers", [])
+                message["headers"] = [
+                    *message["headers"],
+                    (b"x-request-id", request_id.encode("latin-1")),
+                ]
+            await send(message)
+
+        try:
+            declared = headers.get(b"content-length")
+            if declared is not None and (
+                not declared.isdigit() or int(declared) > self.max_body_bytes
+            ):
+                response = problem_response(
+                    413,
+                    "payload_too_large",
+                    title="Payload too large",
+                    detail=f"Request bodies are limited to {self.max_body_bytes} bytes.",
+                    request_id=request_id,
+                )
+                await response(scope, receive, send_with_id)
+                return
+            await self.app(scope, self._bounded(receive), send_with_id)
+        except Exception:
+            logger.exception("unhandled error", extra={"path": scope.get("path")})
+            if not started:
+                response = problem_response(
+                    500,
+                    "internal_error",
+                    title="Internal server error",
+                    detail="An unexpected error occurred; quote the request id when reporting it.",
+                    request_id=request_id,
+                )
+                await response(scope, receive, send_with_id)
+        finally:
+            route = scope.get("route")
+            access_logger.info(
+                "request",
+                extra={
+                    "method": scope.get("method"),
+                    "route": getattr(route, "path", None) or "unmatched",
+                    "status": status,
+                    "duration_ms": round((time.perf_counter() - began) * 1000, 2),
+                },
+            )
+            request_id_var.reset(token)
+
+    def _bounded(self, receive: Receive) -> Receive:
+        received = 0
+        limit = self.max_body_bytes
+
+        async def bounded_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    # FastAPI re-raises HTTPException from body reading; the handler renders it.
+                    raise HTTPException(413, f"Request bodies are limited to {limit} bytes.")
+            return message
+
+        return bounded_receive

@@ -1,0 +1,96 @@
+"""Keyset pagination: `?limit=&cursor=` in, `{"items": [...], "next_cursor": ...}` out.
+
+A cursor is the opaque, URL-safe encoding of the sort key of the last row of the previous page.
+Anything that does not decode into the expected shape is a `validation_error`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Annotated, Any, Generic, TypeVar
+
+import orjson
+from fastapi import Depends, Query
+from pydantic import BaseModel
+
+from app.kit.errors import ValidationFailed
+
+T = TypeVar("T")
+
+DEFAULT_LIMIT = 20
+MAX_LIMIT = 100
+
+
+class Page(BaseModel, Generic[T]):
+    items: list[T]
+    next_cursor: str | None
+
+
+@dataclass(frozen=True)
+class PageParams:
+    limit: int
+    cursor: str | None
+
+
+def page_params(
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
+    cursor: Annotated[str | None, Query(max_length=512)] = None,
+) -> PageParams:
+    return PageParams(limit=limit, cursor=cursor)
+
+
+Pagination = Annotated[PageParams, Depends(page_params)]
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    return value
+
+
+def encode_cursor(values: Sequence[Any]) -> str:
+    raw = orjson.dumps([_plain(v) for v in values])
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def decode_cursor(cursor: str, parsers: Sequence[Callable[[Any], Any]]) -> list[Any]:
+    """Decode a cursor and parse each position with the given callable (e.g. `uuid.UUID`)."""
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        raw = orjson.loads(base64.urlsafe_b64decode(padded.encode()))
+        if not isinstance(raw, list) or len(raw) != len(parsers):
+            raise ValueError("cursor has the wrong shape")
+        return [parse(value) for parse, value in zip(parsers, raw, strict=True)]
+    except (ValueError, TypeError, binascii.Error, orjson.JSONDecodeError) as exc:
+        raise ValidationFailed("cursor is not valid", loc=("query", "cursor")) from exc
+
+
+def parse_datetime(value: Any) -> datetime:
+    if not isinstance(value, str):
+        raise TypeError("expected a string")
+    parsed = datetime.fromisoformat(value)
+    if parsed.tzinfo is None:
+        raise ValueError("cursor time has no offset")
+    return parsed
+
+
+def parse_uuid(value: Any) -> uuid.UUID:
+    if not isinstance(value, str):
+        raise TypeError("expected a string")
+    return uuid.UUID(value)
+
+
+def build_page(
+    rows: Sequence[T], limit: int, key: Callable[[T], Sequence[Any]]
+) -> tuple[list[T], str | None]:
+    """Given up to `limit + 1` rows, return the page and the cursor of the next one."""
+    items = list(rows[:limit])
+    next_cursor = encode_cursor(key(items[-1])) if len(rows) > limit and items else None
+    return items, next_cursor

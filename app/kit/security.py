@@ -1,0 +1,109 @@
+"""Password hashing (argon2id), access tokens (JWT, pinned algorithm) and refresh-token secrets."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import secrets
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import jwt
+from argon2 import PasswordHasher, Type
+from argon2.exceptions import InvalidHashError, VerificationError
+
+from app.settings import Settings
+
+# Pinned: tokens that name any other algorithm (including "none") are rejected.
+JWT_ALGORITHM = "HS256"
+
+
+class Passwords:
+    """argon2id hashing, run in a worker thread so a login never blocks the event loop."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._hasher = PasswordHasher(
+            time_cost=settings.argon2_time_cost,
+            memory_cost=settings.argon2_memory_kib,
+            parallelism=settings.argon2_parallelism,
+            type=Type.ID,
+        )
+        # Verified against when the account does not exist, so timing does not reveal it.
+        self._dummy_hash = self._hasher.hash(secrets.token_urlsafe(16))
+
+    def hash_sync(self, password: str) -> str:
+        return self._hasher.hash(password)
+
+    async def hash(self, password: str) -> str:
+        return await asyncio.to_thread(self._hasher.hash, password)
+
+    async def verify(self, password_hash: str | None, password: str) -> bool:
+        def check() -> bool:
+            try:
+                return self._hasher.verify(password_hash or self._dummy_hash, password)
+            except (VerificationError, InvalidHashError):
+                return False
+
+        ok = await asyncio.to_thread(check)
+        return ok and password_hash is not None
+
+
+@dataclass(frozen=True)
+class AccessClaims:
+    user_id: uuid.UUID
+    role: str
+    jti: str
+    expires_at: datetime
+
+
+class InvalidToken(Exception):
+    pass
+
+
+class Tokens:
+    def __init__(self, settings: Settings) -> None:
+        self._secret = settings.jwt_secret.get_secret_value()
+        self._issuer = settings.jwt_issuer
+        self.access_ttl = timedelta(minutes=settings.access_token_minutes)
+        self.refresh_ttl = timedelta(days=settings.refresh_token_days)
+
+    def issue_access(self, user_id: uuid.UUID, role: str, *, now: datetime | None = None) -> str:
+        issued = now or datetime.now(UTC)
+        claims: dict[str, Any] = {
+            "sub": str(user_id),
+            "role": role,
+            "iat": int(issued.timestamp()),
+            "exp": int((issued + self.access_ttl).timestamp()),
+            "jti": secrets.token_urlsafe(12),
+            "iss": self._issuer,
+        }
+        return jwt.encode(claims, self._secret, algorithm=JWT_ALGORITHM)
+
+    def decode_access(self, token: str) -> AccessClaims:
+        try:
+            claims = jwt.decode(
+                token,
+                self._secret,
+                algorithms=[JWT_ALGORITHM],
+                issuer=self._issuer,
+                options={"require": ["sub", "role", "exp", "iat", "jti"]},
+            )
+            return AccessClaims(
+                user_id=uuid.UUID(str(claims["sub"])),
+                role=str(claims["role"]),
+                jti=str(claims["jti"]),
+                expires_at=datetime.fromtimestamp(int(claims["exp"]), UTC),
+            )
+        except (jwt.PyJWTError, ValueError, TypeError) as exc:
+            raise InvalidToken(str(exc)) from exc
+
+
+def new_refresh_secret() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def hash_refresh_secret(secret: str) -> str:
+    """Refresh tokens are high-entropy, so a plain SHA-256 is enough to store them safely."""
+    return hashlib.sha256(secret.encode()).hexdigest()

@@ -1,0 +1,76 @@
+"""The application factory: middleware, routers and the lifespan that owns every connection."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
+
+from fastapi import FastAPI
+
+from app.auth.endpoints import router as auth_router
+from app.health.endpoints import router as health_router
+from app.kit.db import Database
+from app.kit.errors import install_error_handlers
+from app.kit.logging import configure_logging
+from app.kit.middleware import RequestContextMiddleware
+from app.kit.redis import create_redis
+from app.kit.security import Passwords, Tokens
+from app.settings import Settings, get_settings
+
+logger = logging.getLogger("carebook")
+
+
+def _lifespan(settings: Settings) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if settings.database_url is None:
+            raise RuntimeError(
+                "CAREBOOK_DATABASE_URL is not set; start Carebook with `carebook serve`, "
+                "which provides an embedded database when no URL is configured."
+            )
+        app.state.settings = settings
+        app.state.database = Database.connect(settings, settings.database_url)
+        app.state.redis = create_redis(settings.redis_url, settings) if settings.redis_url else None
+        app.state.passwords = Passwords(settings)
+        app.state.tokens = Tokens(settings)
+        worker_task: asyncio.Task[None] | None = None
+        if settings.run_worker_in_process:
+            from workers.runner import run_worker
+
+            worker_task = asyncio.create_task(run_worker(settings), name="carebook-worker")
+        try:
+            yield
+        finally:
+            if worker_task is not None:
+                worker_task.cancel()
+                with suppress(asyncio.CancelledError):
+                    await worker_task
+            if app.state.redis is not None:
+                await app.state.redis.aclose()
+            await app.state.database.dispose()
+
+    return lifespan
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    app = FastAPI(
+        title="Carebook",
+        version="0.1.0",
+        summary="Appointment booking for clinics and telehealth practices.",
+        lifespan=_lifespan(settings),
+    )
+    install_error_handlers(app)
+    app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.include_router(health_router)
+    app.include_router(auth_router)
+    return app
+
+
+def app_factory() -> FastAPI:
+    """Entry point for `uvicorn --factory app.main:app_factory` (configures logging first)."""
+    settings = get_settings()
+    configure_logging(settings.log_level, json=settings.log_json)
+    return create_app(settings)

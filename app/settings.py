@@ -1,0 +1,93 @@
+"""Carebook configuration: one settings class, read from `CAREBOOK_*` environment variables."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+import platformdirs
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEVELOPMENT_JWT_SECRET = "carebook-development-secret-do-not-use-in-production"  # noqa: S105
+
+Environment = Literal["development", "test", "production"]
+
+
+def default_data_dir() -> Path:
+    return Path(platformdirs.user_data_dir("carebook", appauthor=False))
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CAREBOOK_", extra="ignore")
+
+    environment: Environment = "development"
+
+    # Storage. With no URLs set, `carebook serve` starts embedded servers under `data_dir`.
+    database_url: str | None = None
+    database_replica_url: str | None = None
+    redis_url: str | None = None
+    data_dir: Path = Field(default_factory=default_data_dir)
+
+    # Database pool and per-connection limits (audit F13).
+    db_pool_size: int = Field(default=10, ge=1, le=200)
+    db_max_overflow: int = Field(default=5, ge=0, le=200)
+    db_pool_timeout_seconds: float = Field(default=5.0, gt=0)
+    db_pool_recycle_seconds: int = Field(default=1800, ge=-1)
+    db_pool_pre_ping: bool = True
+    db_connect_timeout_seconds: float = Field(default=5.0, gt=0)
+    db_statement_timeout_ms: int = Field(default=5000, ge=0)
+    db_lock_timeout_ms: int = Field(default=2000, ge=0)
+    db_application_name: str = "carebook"
+
+    # Redis client.
+    redis_socket_timeout_seconds: float = Field(default=0.25, gt=0)
+    redis_max_connections: int = Field(default=50, ge=1)
+
+    # Auth (audit F17). The algorithm is pinned in app.kit.security, not configurable.
+    jwt_secret: SecretStr = SecretStr(DEVELOPMENT_JWT_SECRET)
+    jwt_issuer: str = "carebook"
+    access_token_minutes: int = Field(default=15, ge=1, le=60)
+    refresh_token_days: int = Field(default=30, ge=1, le=365)
+    argon2_time_cost: int = Field(default=2, ge=2)
+    argon2_memory_kib: int = Field(default=19456, ge=19456)
+    argon2_parallelism: int = Field(default=1, ge=1)
+
+    # HTTP limits.
+    max_body_bytes: int = Field(default=1_048_576, ge=1024)
+
+    # Booking rules.
+    min_notice_minutes: int = Field(default=60, ge=0)
+    booking_horizon_days: int = Field(default=90, ge=1, le=730)
+
+    # Worker.
+    run_worker_in_process: bool = False
+    worker_health_check_interval_seconds: int = Field(default=30, ge=1)
+
+    # Logging.
+    log_level: str = "INFO"
+    log_json: bool = True
+
+    @model_validator(mode="after")
+    def _refuse_default_secrets(self) -> Settings:
+        secret = self.jwt_secret.get_secret_value()
+        if self.environment == "production":
+            if secret == DEVELOPMENT_JWT_SECRET:
+                raise ValueError(
+                    "CAREBOOK_JWT_SECRET must be set outside development "
+                    "(the built-in development secret is public)"
+                )
+            if len(secret) < 32:
+                raise ValueError("CAREBOOK_JWT_SECRET must be at least 32 characters")
+        return self
+
+    @property
+    def embedded(self) -> bool:
+        """True when no external database is configured and embedded servers are used."""
+        return self.database_url is None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
