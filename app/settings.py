@@ -71,15 +71,16 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _refuse_default_secrets(self) -> Settings:
+        if self.environment == "development":
+            return self
         secret = self.jwt_secret.get_secret_value()
-        if self.environment == "production":
-            if secret == DEVELOPMENT_JWT_SECRET:
-                raise ValueError(
-                    "CAREBOOK_JWT_SECRET must be set outside development "
-                    "(the built-in development secret is public)"
-                )
-            if len(secret) < 32:
-                raise ValueError("CAREBOOK_JWT_SECRET must be at least 32 characters")
+        if secret == DEVELOPMENT_JWT_SECRET:
+            raise ValueError(
+                "CAREBOOK_JWT_SECRET must be set outside development "
+                "(the built-in development secret is public)"
+            )
+        if len(secret) < 32:
+            raise ValueError("CAREBOOK_JWT_SECRET must be at least 32 characters")
         return self
 
     @property

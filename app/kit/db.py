@@ -138,6 +138,8 @@ async def get_read_session(
         yield session
 
 
-# Distinct aliases so a signature says which database it may touch.
-WriteSession = Annotated[AsyncSession, Depends(get_write_session)]
-ReadSession = Annotated[AsyncSession, Depends(get_read_session)]
+# scope="function": the commit runs when the handler returns and *before* the response is sent,
+# so a failed commit becomes an error response instead of following a 2xx already on the wire
+# (FastAPI's default "request" scope exits after sending).
+WriteSession = Annotated[AsyncSession, Depends(get_write_session, scope="function")]
+ReadSession = Annotated[AsyncSession, Depends(get_read_session, scope="function")]
