@@ -9,7 +9,10 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppres
 
 from fastapi import FastAPI
 
+from app.appointments.endpoints import router as appointments_router
 from app.auth.endpoints import router as auth_router
+from app.availability.endpoints import router as availability_router
+from app.catalog.endpoints import router as catalog_router
 from app.health.endpoints import router as health_router
 from app.kit.db import Database
 from app.kit.errors import install_error_handlers
@@ -17,6 +20,7 @@ from app.kit.logging import configure_logging
 from app.kit.middleware import RequestContextMiddleware
 from app.kit.redis import create_redis
 from app.kit.security import Passwords, Tokens
+from app.schedules.endpoints import router as schedules_router
 from app.settings import Settings, get_settings
 
 logger = logging.getLogger("carebook")
@@ -65,7 +69,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)
     app.include_router(health_router)
-    app.include_router(auth_router)
+    for router in (
+        auth_router,
+        catalog_router,
+        schedules_router,
+        availability_router,
+        appointments_router,
+    ):
+        app.include_router(router)
     return app
 
 

@@ -199,6 +199,7 @@ def upgrade() -> None:
     sa.CheckConstraint("status IN ('booked', 'checked_in', 'completed', 'cancelled', 'no_show')", name=op.f('ck_appointments_status')),
     sa.CheckConstraint("video_status IN ('pending', 'ready', 'failed', 'not_required')", name=op.f('ck_appointments_video_status')),
     sa.CheckConstraint('starts_at < ends_at', name=op.f('ck_appointments_starts_before_ends')),
+    sa.CheckConstraint("ends_at - starts_at <= interval '1 day'", name=op.f('ck_appointments_at_most_a_day')),
     sa.ForeignKeyConstraint(['clinic_id'], ['clinics.id'], name=op.f('fk_appointments_clinic_id_clinics')),
     sa.ForeignKeyConstraint(['patient_id'], ['users.id'], name=op.f('fk_appointments_patient_id_users')),
     sa.ForeignKeyConstraint(['provider_id'], ['providers.user_id'], name=op.f('fk_appointments_provider_id_providers')),
@@ -208,6 +209,7 @@ def upgrade() -> None:
     op.create_index('ix_appointments_patient_id_starts_at', 'appointments', ['patient_id', 'starts_at', 'id'], unique=False)
     op.create_index('ix_appointments_provider_id_starts_at', 'appointments', ['provider_id', 'starts_at', 'id'], unique=False)
     op.create_index('ix_appointments_starts_at', 'appointments', ['starts_at', 'id'], unique=False)
+    op.create_index('ix_appointments_provider_id_active', 'appointments', ['provider_id', 'starts_at'], unique=False, postgresql_include=['ends_at'], postgresql_where="status IN ('booked', 'checked_in')")
     op.create_table('schedule_rules',
     sa.Column('id', sa.UUID(), nullable=False),
     sa.Column('provider_id', sa.UUID(), nullable=False),
@@ -241,6 +243,7 @@ def downgrade() -> None:
     op.drop_table('time_off')
     op.drop_index('ix_schedule_rules_provider_id_weekday', table_name='schedule_rules')
     op.drop_table('schedule_rules')
+    op.drop_index('ix_appointments_provider_id_active', table_name='appointments', postgresql_include=['ends_at'], postgresql_where="status IN ('booked', 'checked_in')")
     op.drop_index('ix_appointments_starts_at', table_name='appointments')
     op.drop_index('ix_appointments_provider_id_starts_at', table_name='appointments')
     op.drop_index('ix_appointments_patient_id_starts_at', table_name='appointments')

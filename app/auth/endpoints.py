@@ -13,7 +13,7 @@ from app.auth.schemas import (
     TokenPair,
     UserOut,
 )
-from app.kit.db import WriteSession
+from app.kit.db import PrimaryReadSession, WriteSession
 
 router = APIRouter(tags=["auth"])
 
@@ -42,7 +42,7 @@ async def logout(data: LogoutIn, principal: CurrentPrincipal, session: WriteSess
 
 
 @router.get("/v1/me", response_model=UserOut)
-async def me(principal: CurrentPrincipal, session: WriteSession) -> UserOut:
+async def me(principal: CurrentPrincipal, session: PrimaryReadSession) -> UserOut:
     return UserOut.model_validate(await service.me(session, principal))
 
 

@@ -136,3 +136,11 @@ async def me(session: AsyncSession, principal: Principal) -> User:
     if user is None:
         raise NotFound("The account no longer exists.")
     return user
+
+
+async def staff_clinic_id(session: AsyncSession, principal: Principal) -> uuid.UUID | None:
+    """The clinic a staff member works for (None for every other role)."""
+    if principal.role is not Role.STAFF:
+        return None
+    user = await repository.get_user(session, principal.user_id)
+    return user.clinic_id if user is not None else None

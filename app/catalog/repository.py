@@ -1,11 +1,15 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
+from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text, tuple_
+from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.models import Clinic, Provider, Specialty
+from app.kit.db import AnyRow
+from app.models import Clinic, Provider, Specialty, User
 
 
 async def get_clinic(session: AsyncSession, clinic_id: uuid.UUID) -> Clinic | None:
@@ -24,6 +28,24 @@ async def insert_clinic(session: AsyncSession, *, name: str, timezone: str) -> C
     return clinic
 
 
+async def list_clinics(
+    session: AsyncSession, *, after: tuple[str, uuid.UUID] | None, limit: int
+) -> Sequence[Clinic]:
+    query = select(Clinic).order_by(Clinic.name, Clinic.id).limit(limit + 1)
+    if after is not None:
+        query = query.where(tuple_(Clinic.name, Clinic.id) > tuple_(*after))
+    return (await session.execute(query)).scalars().all()
+
+
+async def list_specialties(
+    session: AsyncSession, *, after: tuple[str, uuid.UUID] | None, limit: int
+) -> Sequence[Specialty]:
+    query = select(Specialty).order_by(Specialty.name, Specialty.id).limit(limit + 1)
+    if after is not None:
+        query = query.where(tuple_(Specialty.name, Specialty.id) > tuple_(*after))
+    return (await session.execute(query)).scalars().all()
+
+
 async def get_specialty_by_name(session: AsyncSession, name: str) -> Specialty | None:
     result = await session.execute(
         select(Specialty).where(func.lower(Specialty.name) == name.lower())
@@ -38,6 +60,22 @@ async def insert_specialty(session: AsyncSession, name: str) -> Specialty:
     return specialty
 
 
+async def ensure_specialty(session: AsyncSession, name: str) -> uuid.UUID:
+    """The id of the specialty with this name (case-insensitive), created if new; race-free."""
+    inserted = await session.execute(
+        insert(Specialty)
+        .values(name=name)
+        .on_conflict_do_nothing(index_elements=[text("lower(name)")])
+        .returning(Specialty.id)
+    )
+    specialty_id = inserted.scalar_one_or_none()
+    if specialty_id is not None:
+        return specialty_id
+    existing = await get_specialty_by_name(session, name)
+    assert existing is not None  # the conflicting row is committed, hence visible
+    return existing.id
+
+
 async def get_provider(session: AsyncSession, provider_id: uuid.UUID) -> Provider | None:
     return await session.get(Provider, provider_id)
 
@@ -46,3 +84,50 @@ async def insert_provider(session: AsyncSession, provider: Provider) -> Provider
     session.add(provider)
     await session.flush()
     return provider
+
+
+def _provider_view() -> Any:
+    return (
+        select(
+            Provider.user_id.label("id"),
+            User.full_name,
+            Specialty.name.label("specialty"),
+            Provider.clinic_id,
+            Clinic.name.label("clinic_name"),
+            Clinic.timezone.label("clinic_timezone"),
+            Provider.bio,
+            Provider.timezone,
+            Provider.slot_minutes,
+        )
+        .join(User, User.id == Provider.user_id)
+        .join(Specialty, Specialty.id == Provider.specialty_id)
+        .join(Clinic, Clinic.id == Provider.clinic_id)
+        .where(Provider.is_active, User.is_active)
+    )
+
+
+async def get_provider_view(session: AsyncSession, provider_id: uuid.UUID) -> AnyRow | None:
+    result = await session.execute(_provider_view().where(Provider.user_id == provider_id))
+    return result.one_or_none()
+
+
+async def list_provider_views(
+    session: AsyncSession,
+    *,
+    specialty: str | None,
+    clinic_id: uuid.UUID | None,
+    q: str | None,
+    after: tuple[str, uuid.UUID] | None,
+    limit: int,
+) -> Sequence[AnyRow]:
+    query = _provider_view().order_by(User.full_name, Provider.user_id).limit(limit + 1)
+    if specialty is not None:
+        query = query.where(func.lower(Specialty.name) == specialty.lower())
+    if clinic_id is not None:
+        query = query.where(Provider.clinic_id == clinic_id)
+    if q:
+        escaped = q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        query = query.where(User.full_name.ilike(f"%{escaped}%", escape="\\"))
+    if after is not None:
+        query = query.where(tuple_(User.full_name, Provider.user_id) > tuple_(*after))
+    return (await session.execute(query)).all()

@@ -5,7 +5,9 @@ Two session types exist so a read that tolerates replica lag can say so in its s
 * `WriteSession` — the primary; committed by the boundary (request dependency or job context)
   when the handler returns, rolled back when it raises. Services and repositories only flush.
 * `ReadSession` — the replica when `CAREBOOK_DATABASE_REPLICA_URL` is set, else the primary;
-  never committed.
+  never committed. For reads that tolerate lag (catalogue, analytics, past appointments).
+* `PrimaryReadSession` — the primary, never committed: reads that must see the latest commit
+  (availability, anything on the booking path).
 """
 
 from __future__ import annotations
@@ -13,10 +15,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeAlias
 
 from fastapi import Depends, Request
-from sqlalchemy import URL, make_url
+from sqlalchemy import URL, Row, Select, make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -111,8 +114,11 @@ class Database:
             await session.commit()
 
     @asynccontextmanager
-    async def reading(self) -> AsyncIterator[AsyncSession]:
-        async with self.read_sessions() as session:
+    async def reading(self, *, primary: bool = False) -> AsyncIterator[AsyncSession]:
+        """A session that never commits: the replica (when configured) or, with `primary`,
+        the primary for reads that must not lag (availability, the booking path)."""
+        factory = self.write_sessions if primary else self.read_sessions
+        async with factory() as session:
             try:
                 yield session
             finally:
@@ -138,8 +144,28 @@ async def get_read_session(
         yield session
 
 
+async def get_primary_read_session(
+    database: Annotated[Database, Depends(get_database)],
+) -> AsyncIterator[AsyncSession]:
+    async with database.reading(primary=True) as session:
+        yield session
+
+
 # scope="function": the commit runs when the handler returns and *before* the response is sent,
 # so a failed commit becomes an error response instead of following a 2xx already on the wire
 # (FastAPI's default "request" scope exits after sending).
 WriteSession = Annotated[AsyncSession, Depends(get_write_session, scope="function")]
 ReadSession = Annotated[AsyncSession, Depends(get_read_session, scope="function")]
+PrimaryReadSession = Annotated[AsyncSession, Depends(get_primary_read_session, scope="function")]
+
+
+def violated_constraint(exc: DBAPIError) -> str | None:
+    """The name of the constraint an IntegrityError violated, as asyncpg reports it."""
+    cause = getattr(exc.orig, "__cause__", None)
+    name = getattr(cause, "constraint_name", None) or getattr(exc.orig, "constraint_name", None)
+    return name if isinstance(name, str) else None
+
+
+# A result row of any shape (SQLAlchemy 2.1 types rows by their column tuple).
+AnyRow: TypeAlias = Row[*tuple[Any, ...]]
+AnySelect: TypeAlias = Select[*tuple[Any, ...]]

@@ -56,6 +56,8 @@ class Appointment(Base):
     __tablename__ = "appointments"
     __table_args__ = (
         CheckConstraint("starts_at < ends_at", name="starts_before_ends"),
+        # Bounds the availability anti-join's index range (see app/availability/repository.py).
+        CheckConstraint("ends_at - starts_at <= interval '1 day'", name="at_most_a_day"),
         CheckConstraint(
             "status IN ('booked', 'checked_in', 'completed', 'cancelled', 'no_show')",
             name="status",
@@ -82,6 +84,15 @@ class Appointment(Base):
         Index("ix_appointments_provider_id_starts_at", "provider_id", "starts_at", "id"),
         Index("ix_appointments_clinic_id_starts_at", "clinic_id", "starts_at", "id"),
         Index("ix_appointments_starts_at", "starts_at", "id"),
+        # The availability anti-join and the booking check read only active appointments;
+        # INCLUDE (ends_at) lets them answer from the index alone.
+        Index(
+            "ix_appointments_provider_id_active",
+            "provider_id",
+            "starts_at",
+            postgresql_include=["ends_at"],
+            postgresql_where=_ACTIVE_SQL,
+        ),
     )
 
     id: Mapped[uuid.UUID] = uuid_pk()

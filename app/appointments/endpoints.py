@@ -1,0 +1,132 @@
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, status
+from fastapi.responses import JSONResponse
+
+from app.appointments import service
+from app.appointments.schemas import AppointmentOut, BookIn, CancelIn, Order, RescheduleIn
+from app.auth.dependencies import CurrentPrincipal
+from app.availability.endpoints import Rules
+from app.kit.db import PrimaryReadSession, WriteSession
+from app.kit.idempotency import IdempotencyKeyHeader, IdempotentCall, run_idempotent
+from app.kit.pagination import Page, Pagination
+from app.models import AppointmentStatus
+
+router = APIRouter(tags=["appointments"])
+
+_IDEMPOTENT_RESPONSES: dict[int | str, dict[str, object]] = {
+    200: {"headers": {"Idempotent-Replayed": {"description": "true on a replayed response"}}},
+}
+
+
+@router.post(
+    "/v1/appointments",
+    status_code=status.HTTP_201_CREATED,
+    response_model=AppointmentOut,
+    responses=_IDEMPOTENT_RESPONSES,
+)
+async def book(
+    data: BookIn,
+    request: Request,
+    principal: CurrentPrincipal,
+    key: IdempotencyKeyHeader,
+    session: WriteSession,
+    rules: Rules,
+) -> JSONResponse:
+    return await run_idempotent(
+        session,
+        IdempotentCall.of(request, principal.user_id, key, data),
+        lambda: service.book(session, rules, principal, data),
+        status_code=status.HTTP_201_CREATED,
+    )
+
+
+@router.get("/v1/appointments", response_model=Page[AppointmentOut])
+async def list_appointments(
+    principal: CurrentPrincipal,
+    session: PrimaryReadSession,
+    page: Pagination,
+    status_: Annotated[list[AppointmentStatus] | None, Query(alias="status")] = None,
+    from_: Annotated[datetime | None, Query(alias="from", description="Starts at or after")] = None,
+    to: Annotated[datetime | None, Query(description="Starts before")] = None,
+    order: Order = Order.ASC,
+) -> Page[AppointmentOut]:
+    items, cursor = await service.list_appointments(
+        session,
+        principal,
+        page,
+        statuses=status_ or [],
+        starts_from=from_,
+        starts_before=to,
+        order=order,
+    )
+    return Page(items=items, next_cursor=cursor)
+
+
+@router.get("/v1/appointments/{appointment_id}", response_model=AppointmentOut)
+async def get_appointment(
+    appointment_id: uuid.UUID, principal: CurrentPrincipal, session: PrimaryReadSession
+) -> AppointmentOut:
+    return await service.get(session, principal, appointment_id)
+
+
+@router.post("/v1/appointments/{appointment_id}/cancel", response_model=AppointmentOut)
+async def cancel(
+    appointment_id: uuid.UUID, data: CancelIn, principal: CurrentPrincipal, session: WriteSession
+) -> AppointmentOut:
+    return await service.change_status(
+        session, principal, appointment_id, AppointmentStatus.CANCELLED, reason=data.reason
+    )
+
+
+@router.post(
+    "/v1/appointments/{appointment_id}/reschedule",
+    response_model=AppointmentOut,
+    responses=_IDEMPOTENT_RESPONSES,
+)
+async def reschedule(
+    appointment_id: uuid.UUID,
+    data: RescheduleIn,
+    request: Request,
+    principal: CurrentPrincipal,
+    key: IdempotencyKeyHeader,
+    session: WriteSession,
+    rules: Rules,
+) -> JSONResponse:
+    return await run_idempotent(
+        session,
+        IdempotentCall.of(request, principal.user_id, key, data),
+        lambda: service.reschedule(session, rules, principal, appointment_id, data.start),
+        status_code=status.HTTP_200_OK,
+    )
+
+
+@router.post("/v1/appointments/{appointment_id}/check-in", response_model=AppointmentOut)
+async def check_in(
+    appointment_id: uuid.UUID, principal: CurrentPrincipal, session: WriteSession
+) -> AppointmentOut:
+    return await service.change_status(
+        session, principal, appointment_id, AppointmentStatus.CHECKED_IN
+    )
+
+
+@router.post("/v1/appointments/{appointment_id}/complete", response_model=AppointmentOut)
+async def complete(
+    appointment_id: uuid.UUID, principal: CurrentPrincipal, session: WriteSession
+) -> AppointmentOut:
+    return await service.change_status(
+        session, principal, appointment_id, AppointmentStatus.COMPLETED
+    )
+
+
+@router.post("/v1/appointments/{appointment_id}/no-show", response_model=AppointmentOut)
+async def no_show(
+    appointment_id: uuid.UUID, principal: CurrentPrincipal, session: WriteSession
+) -> AppointmentOut:
+    return await service.change_status(
+        session, principal, appointment_id, AppointmentStatus.NO_SHOW
+    )

@@ -1,0 +1,170 @@
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select, tuple_, update
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
+
+from app.kit.db import AnyRow, AnySelect
+from app.models import Appointment, AppointmentStatus, Provider, Role, Specialty, User
+
+_provider_user = aliased(User, name="provider_user")
+_patient_user = aliased(User, name="patient_user")
+
+
+@dataclass(frozen=True)
+class Visibility:
+    """Which appointments a caller may see: their own, their clinic's, or all (admin)."""
+
+    role: Role
+    user_id: uuid.UUID
+
+    def clause(self) -> Any:
+        if self.role is Role.PATIENT:
+            return Appointment.patient_id == self.user_id
+        if self.role is Role.PROVIDER:
+            return Appointment.provider_id == self.user_id
+        if self.role is Role.STAFF:
+            # A scalar subquery instead of a second round trip for the staff member's clinic.
+            clinic = select(User.clinic_id).where(User.id == self.user_id).scalar_subquery()
+            return Appointment.clinic_id == clinic
+        return True
+
+
+def _view() -> AnySelect:
+    """Appointments with their provider and patient summaries, in one query (audit F1)."""
+    return (
+        select(
+            Appointment,
+            _provider_user.full_name.label("provider_name"),
+            Specialty.name.label("specialty"),
+            Provider.timezone.label("tz"),
+            _patient_user.full_name.label("patient_name"),
+        )
+        .join(Provider, Provider.user_id == Appointment.provider_id)
+        .join(_provider_user, _provider_user.id == Appointment.provider_id)
+        .join(Specialty, Specialty.id == Provider.specialty_id)
+        .join(_patient_user, _patient_user.id == Appointment.patient_id)
+    )
+
+
+async def get_view(
+    session: AsyncSession, appointment_id: uuid.UUID, visibility: Visibility
+) -> AnyRow | None:
+    query = _view().where(Appointment.id == appointment_id, visibility.clause())
+    return (await session.execute(query)).one_or_none()
+
+
+async def list_views(
+    session: AsyncSession,
+    visibility: Visibility,
+    *,
+    statuses: Sequence[str],
+    starts_from: datetime | None,
+    starts_before: datetime | None,
+    descending: bool,
+    after: tuple[datetime, uuid.UUID] | None,
+    limit: int,
+) -> Sequence[AnyRow]:
+    key = tuple_(Appointment.starts_at, Appointment.id)
+    query = _view().where(visibility.clause())
+    if statuses:
+        query = query.where(Appointment.status.in_(statuses))
+    if starts_from is not None:
+        query = query.where(Appointment.starts_at >= starts_from)
+    if starts_before is not None:
+        query = query.where(Appointment.starts_at < starts_before)
+    if after is not None:
+        query = query.where(key < tuple_(*after) if descending else key > tuple_(*after))
+    if descending:
+        query = query.order_by(Appointment.starts_at.desc(), Appointment.id.desc())
+    else:
+        query = query.order_by(Appointment.starts_at, Appointment.id)
+    return (await session.execute(query.limit(limit + 1))).all()
+
+
+async def lock_provider(session: AsyncSession, provider_id: uuid.UUID) -> Provider | None:
+    """Serialise bookings of one provider. NO KEY UPDATE is the FOR UPDATE variant that still
+    lets other transactions take FK (KEY SHARE) locks on the row, e.g. to add time off."""
+    result = await session.execute(
+        select(Provider)
+        .where(Provider.user_id == provider_id, Provider.is_active)
+        .with_for_update(key_share=True)
+        .execution_options(populate_existing=True)
+    )
+    return result.scalar_one_or_none()
+
+
+async def get_patient(session: AsyncSession, patient_id: uuid.UUID) -> User | None:
+    result = await session.execute(
+        select(User).where(User.id == patient_id, User.role == Role.PATIENT.value, User.is_active)
+    )
+    return result.scalar_one_or_none()
+
+
+async def insert(session: AsyncSession, appointment: Appointment) -> Appointment:
+    session.add(appointment)
+    await session.flush()
+    return appointment
+
+
+async def transition(
+    session: AsyncSession,
+    appointment_id: uuid.UUID,
+    *,
+    allowed_from: Sequence[AppointmentStatus],
+    to: AppointmentStatus,
+    cancel_reason: str | None = None,
+) -> AnyRow | None:
+    """Atomically move an appointment to `to` if it is in one of `allowed_from`."""
+    values: dict[str, Any] = {
+        "status": to.value,
+        "version": Appointment.version + 1,
+        "updated_at": func.now(),
+    }
+    if to is AppointmentStatus.CANCELLED:
+        values["cancel_reason"] = cancel_reason
+    result = await session.execute(
+        update(Appointment)
+        .where(
+            Appointment.id == appointment_id,
+            Appointment.status.in_([s.value for s in allowed_from]),
+        )
+        .values(**values)
+        .returning(
+            Appointment.status,
+            Appointment.cancel_reason,
+            Appointment.version,
+            Appointment.updated_at,
+        )
+    )
+    return result.one_or_none()
+
+
+async def move(
+    session: AsyncSession,
+    appointment_id: uuid.UUID,
+    *,
+    starts_at: datetime,
+    ends_at: datetime,
+) -> AnyRow | None:
+    result = await session.execute(
+        update(Appointment)
+        .where(
+            Appointment.id == appointment_id,
+            Appointment.status == AppointmentStatus.BOOKED.value,
+        )
+        .values(
+            starts_at=starts_at,
+            ends_at=ends_at,
+            version=Appointment.version + 1,
+            updated_at=func.now(),
+        )
+        .returning(Appointment.version, Appointment.updated_at)
+    )
+    return result.one_or_none()

@@ -1,0 +1,295 @@
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.appointments import repository
+from app.appointments.repository import Visibility
+from app.appointments.schemas import AppointmentOut, BookIn, Order, PatientRef, ProviderRef
+from app.auth import service as auth_service
+from app.auth.dependencies import Principal
+from app.availability import repository as availability_repository
+from app.availability.service import BookingRules
+from app.kit import outbox
+from app.kit.db import AnyRow, violated_constraint
+from app.kit.errors import (
+    Forbidden,
+    InvalidTransition,
+    NotASlot,
+    NotFound,
+    SlotUnavailable,
+    ValidationFailed,
+)
+from app.kit.pagination import PageParams, build_page, decode_cursor, parse_datetime, parse_uuid
+from app.kit.schemas import to_local_iso
+from app.models import Appointment, AppointmentStatus, Provider, Role
+
+# The status machine of the contract; anything else is `invalid_transition`.
+ALLOWED_FROM: dict[AppointmentStatus, tuple[AppointmentStatus, ...]] = {
+    AppointmentStatus.CHECKED_IN: (AppointmentStatus.BOOKED,),
+    AppointmentStatus.COMPLETED: (AppointmentStatus.BOOKED, AppointmentStatus.CHECKED_IN),
+    AppointmentStatus.CANCELLED: (AppointmentStatus.BOOKED,),
+    AppointmentStatus.NO_SHOW: (AppointmentStatus.BOOKED, AppointmentStatus.CHECKED_IN),
+}
+TOPICS = {
+    AppointmentStatus.CHECKED_IN: "appointment.checked_in",
+    AppointmentStatus.COMPLETED: "appointment.completed",
+    AppointmentStatus.CANCELLED: "appointment.cancelled",
+    AppointmentStatus.NO_SHOW: "appointment.no_show",
+}
+# Who may act on an appointment they can see; patients only cancel and reschedule their own.
+STAFF_SIDE = frozenset({Role.PROVIDER, Role.STAFF, Role.ADMIN})
+EVERYONE = frozenset(Role)
+
+
+def _out(row: AnyRow, **changes: Any) -> AppointmentOut:
+    appointment: Appointment = row.Appointment
+    fields: dict[str, Any] = {
+        "status": appointment.status,
+        "cancel_reason": appointment.cancel_reason,
+        "updated_at": appointment.updated_at,
+        "starts_at": appointment.starts_at,
+        "ends_at": appointment.ends_at,
+    }
+    fields.update(changes)
+    return AppointmentOut(
+        id=appointment.id,
+        provider_id=appointment.provider_id,
+        patient_id=appointment.patient_id,
+        clinic_id=appointment.clinic_id,
+        start=to_local_iso(fields["starts_at"], row.tz),
+        end=to_local_iso(fields["ends_at"], row.tz),
+        status=fields["status"],
+        video_status=appointment.video_status,
+        cancel_reason=fields["cancel_reason"],
+        created_at=appointment.created_at,
+        updated_at=fields["updated_at"],
+        provider=ProviderRef(
+            id=appointment.provider_id, full_name=row.provider_name, specialty=row.specialty
+        ),
+        patient=PatientRef(id=appointment.patient_id, full_name=row.patient_name),
+    )
+
+
+def _event(appointment: Appointment, **extra: Any) -> dict[str, Any]:
+    return {
+        "appointment_id": str(appointment.id),
+        "provider_id": str(appointment.provider_id),
+        "patient_id": str(appointment.patient_id),
+        "clinic_id": str(appointment.clinic_id),
+        **extra,
+    }
+
+
+def _visibility(principal: Principal) -> Visibility:
+    return Visibility(role=principal.role, user_id=principal.user_id)
+
+
+async def _visible(
+    session: AsyncSession, principal: Principal, appointment_id: uuid.UUID
+) -> AnyRow:
+    row = await repository.get_view(session, appointment_id, _visibility(principal))
+    if row is None:
+        # Also for appointments that exist but are not the caller's: never reveal existence.
+        raise NotFound("No such appointment.")
+    return row
+
+
+async def _checked_slot(
+    session: AsyncSession,
+    rules: BookingRules,
+    provider: Provider,
+    start: datetime,
+    *,
+    ignore_appointment_id: uuid.UUID | None = None,
+) -> tuple[datetime, datetime]:
+    """The slot at `start` if it is on the grid, bookable and free; else the matching error."""
+    local_day = start.astimezone(ZoneInfo(provider.timezone)).date()
+    state = await availability_repository.slot_state(
+        session,
+        provider.user_id,
+        start,
+        rules.window(local_day, local_day),
+        ignore_appointment_id=ignore_appointment_id,
+    )
+    if state is None:
+        raise NotASlot("This time is not on the provider's slot grid.")
+    if not state.bookable_time:
+        raise NotASlot("This slot is in the past, too soon, or beyond the booking horizon.")
+    if state.time_off:
+        raise NotASlot("The provider is away at this time.")
+    if state.taken:
+        raise SlotUnavailable("This slot has just been taken; pick another one.")
+    starts_at: datetime = state.starts_at
+    ends_at: datetime = state.ends_at
+    return starts_at, ends_at
+
+
+def _overlap_error(exc: IntegrityError) -> SlotUnavailable:
+    if violated_constraint(exc) == "ex_appointments_patient_overlap":
+        return SlotUnavailable("The patient already has an appointment at this time.")
+    if violated_constraint(exc) == "ex_appointments_provider_overlap":
+        return SlotUnavailable("This slot has just been taken; pick another one.")
+    raise exc
+
+
+async def _patient_for(session: AsyncSession, principal: Principal, data: BookIn) -> uuid.UUID:
+    if principal.role is Role.PATIENT:
+        if data.patient_id not in (None, principal.user_id):
+            raise Forbidden("Patients book for themselves only.")
+        return principal.user_id
+    if principal.role not in (Role.STAFF, Role.ADMIN):
+        raise Forbidden("Only patients, staff and admins book appointments.")
+    if data.patient_id is None:
+        raise ValidationFailed("patient_id is required", loc=("body", "patient_id"))
+    return data.patient_id
+
+
+async def book(
+    session: AsyncSession, rules: BookingRules, principal: Principal, data: BookIn
+) -> AppointmentOut:
+    patient_id = await _patient_for(session, principal, data)
+    provider = await repository.lock_provider(session, data.provider_id)
+    if provider is None:
+        raise NotFound("No such provider.")
+    if (
+        principal.role is Role.STAFF
+        and await auth_service.staff_clinic_id(session, principal) != provider.clinic_id
+    ):
+        raise Forbidden("Staff book appointments at their own clinic only.")
+    patient = await repository.get_patient(session, patient_id)
+    if patient is None:
+        raise ValidationFailed("patient_id does not name a patient", loc=("body", "patient_id"))
+    starts_at, ends_at = await _checked_slot(session, rules, provider, data.start)
+    try:
+        appointment = await repository.insert(
+            session,
+            Appointment(
+                provider_id=provider.user_id,
+                provider_key=provider.key,
+                patient_id=patient.id,
+                patient_key=patient.key,
+                clinic_id=provider.clinic_id,
+                starts_at=starts_at,
+                ends_at=ends_at,
+            ),
+        )
+    except IntegrityError as exc:
+        # The exclusion constraints are the backstop; the lock makes this rare.
+        raise _overlap_error(exc) from exc
+    await outbox.emit(
+        session,
+        "appointment.booked",
+        _event(appointment, starts_at=starts_at.isoformat(), ends_at=ends_at.isoformat()),
+    )
+    return await get(session, principal, appointment.id)
+
+
+async def get(
+    session: AsyncSession, principal: Principal, appointment_id: uuid.UUID
+) -> AppointmentOut:
+    return _out(await _visible(session, principal, appointment_id))
+
+
+async def list_appointments(
+    session: AsyncSession,
+    principal: Principal,
+    params: PageParams,
+    *,
+    statuses: Sequence[AppointmentStatus],
+    starts_from: datetime | None,
+    starts_before: datetime | None,
+    order: Order,
+) -> tuple[list[AppointmentOut], str | None]:
+    after = None
+    if params.cursor is not None:
+        starts_at, appointment_id = decode_cursor(params.cursor, (parse_datetime, parse_uuid))
+        after = (starts_at, appointment_id)
+    rows = await repository.list_views(
+        session,
+        _visibility(principal),
+        statuses=[s.value for s in statuses],
+        starts_from=starts_from,
+        starts_before=starts_before,
+        descending=order is Order.DESC,
+        after=after,
+        limit=params.limit,
+    )
+    items, cursor = build_page(
+        rows, params.limit, lambda r: (r.Appointment.starts_at, r.Appointment.id)
+    )
+    return [_out(r) for r in items], cursor
+
+
+async def change_status(
+    session: AsyncSession,
+    principal: Principal,
+    appointment_id: uuid.UUID,
+    to: AppointmentStatus,
+    *,
+    reason: str | None = None,
+) -> AppointmentOut:
+    if to is not AppointmentStatus.CANCELLED and principal.role not in STAFF_SIDE:
+        raise Forbidden("Only providers, staff and admins record visits.")
+    row = await _visible(session, principal, appointment_id)
+    changed = await repository.transition(
+        session, appointment_id, allowed_from=ALLOWED_FROM[to], to=to, cancel_reason=reason
+    )
+    if changed is None:
+        raise InvalidTransition(
+            f"An appointment that is {row.Appointment.status} cannot become {to.value}."
+        )
+    await outbox.emit(
+        session,
+        TOPICS[to],
+        _event(row.Appointment, status=to.value, by=str(principal.user_id), reason=reason),
+    )
+    return _out(
+        row,
+        status=changed.status,
+        cancel_reason=changed.cancel_reason,
+        updated_at=changed.updated_at,
+    )
+
+
+async def reschedule(
+    session: AsyncSession,
+    rules: BookingRules,
+    principal: Principal,
+    appointment_id: uuid.UUID,
+    start: datetime,
+) -> AppointmentOut:
+    row = await _visible(session, principal, appointment_id)
+    appointment: Appointment = row.Appointment
+    if appointment.status != AppointmentStatus.BOOKED:
+        raise InvalidTransition(f"An appointment that is {appointment.status} cannot be moved.")
+    provider = await repository.lock_provider(session, appointment.provider_id)
+    if provider is None:
+        raise NotASlot("The provider no longer takes appointments.")
+    starts_at, ends_at = await _checked_slot(
+        session, rules, provider, start, ignore_appointment_id=appointment.id
+    )
+    old_start = appointment.starts_at
+    try:
+        moved = await repository.move(session, appointment.id, starts_at=starts_at, ends_at=ends_at)
+    except IntegrityError as exc:
+        raise _overlap_error(exc) from exc
+    if moved is None:
+        raise InvalidTransition("The appointment changed meanwhile and can no longer be moved.")
+    await outbox.emit(
+        session,
+        "appointment.rescheduled",
+        _event(
+            appointment,
+            old_starts_at=old_start.isoformat(),
+            starts_at=starts_at.isoformat(),
+            ends_at=ends_at.isoformat(),
+        ),
+    )
+    return _out(row, starts_at=starts_at, ends_at=ends_at, updated_at=moved.updated_at)

@@ -1,0 +1,239 @@
+"""Set-based slot computation (audit F2): one SQL statement, no per-slot or per-provider loops.
+
+The statement expands each provider's weekly wall-clock rules over the requested local dates
+with `generate_series`, turns wall-clock starts into instants in the provider's zone, and
+anti-joins active appointments and time off. DST rules of the contract:
+
+* a wall-clock start that does not exist (spring-forward gap) gives no slot: the instant it maps
+  to does not map back to the same wall-clock time;
+* an ambiguous one (fall-back fold) uses its first occurrence: of the two candidate instants
+  (the start read with the offset of the day before, and PostgreSQL's own reading, which is
+  the later one) the earlier that maps back is taken.
+
+Appointments last at most a day (a CHECK constraint), which bounds the anti-join's index range.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.kit.db import AnyRow
+
+# Expands the providers of `chosen` (provider_id, tz, slot_minutes, ...) into `slots`.
+_SLOTS = """
+days AS (
+    SELECT (CAST(:from_date AS date) + k) AS day
+    FROM generate_series(0, CAST(:to_date AS date) - CAST(:from_date AS date)) AS k
+),
+grid AS (
+    SELECT c.provider_id, c.tz, c.slot_minutes,
+           d.day + r.start_time + make_interval(mins => n * c.slot_minutes) AS local_start
+    FROM chosen c
+    JOIN schedule_rules r ON r.provider_id = c.provider_id
+    JOIN days d ON EXTRACT(ISODOW FROM d.day) = r.weekday
+    CROSS JOIN LATERAL generate_series(
+        0,
+        CAST(EXTRACT(EPOCH FROM r.end_time - r.start_time) AS integer) / 60 / c.slot_minutes - 1
+    ) AS n
+),
+readings AS (
+    SELECT g.provider_id, g.tz, g.slot_minutes, g.local_start,
+           g.local_start AT TIME ZONE g.tz AS later,
+           (g.local_start - (
+               ((g.local_start AT TIME ZONE g.tz) - interval '1 day') AT TIME ZONE g.tz
+             - ((g.local_start AT TIME ZONE g.tz) - interval '1 day') AT TIME ZONE 'UTC'
+           )) AT TIME ZONE 'UTC' AS earlier
+    FROM grid g
+),
+resolved AS (
+    SELECT provider_id, slot_minutes,
+           CASE
+               WHEN earlier < later AND (earlier AT TIME ZONE tz) = local_start THEN earlier
+               WHEN (later AT TIME ZONE tz) = local_start THEN later
+           END AS starts_at
+    FROM readings
+),
+slots AS (
+    SELECT provider_id, starts_at, starts_at + make_interval(mins => slot_minutes) AS ends_at
+    FROM resolved
+    WHERE starts_at IS NOT NULL
+)
+"""
+
+_TAKEN = """
+EXISTS (
+    SELECT 1 FROM appointments a
+    WHERE a.provider_id = s.provider_id
+      AND a.status IN ('booked', 'checked_in')
+      AND a.starts_at < s.ends_at
+      AND a.starts_at > s.starts_at - interval '1 day'
+      AND a.ends_at > s.starts_at
+      AND a.id IS DISTINCT FROM CAST(:ignore_appointment_id AS uuid)
+)
+"""
+
+_OFF = """
+EXISTS (
+    SELECT 1 FROM time_off t
+    WHERE t.provider_id = s.provider_id
+      AND t.ends_at > s.starts_at
+      AND t.starts_at < s.ends_at
+)
+"""
+
+_BOOKABLE_WINDOW = "s.starts_at >= :earliest AND s.starts_at < :latest"
+
+_ONE_PROVIDER = (
+    """
+WITH chosen AS (
+    SELECT p.user_id AS provider_id, p.timezone AS tz, p.slot_minutes
+    FROM providers p
+    WHERE p.user_id = :provider_id AND p.is_active
+),
+"""
+    + _SLOTS
+)
+
+_FREE = f"""
+free AS (
+    SELECT s.provider_id, s.starts_at, s.ends_at
+    FROM slots s
+    WHERE {_BOOKABLE_WINDOW} AND NOT {_TAKEN} AND NOT {_OFF}
+)
+"""
+
+# One row per free slot, or a single row with NULL times when the provider has none; no row
+# at all when the provider does not exist, so existence needs no second query.
+FREE_SLOTS_OF_PROVIDER = text(
+    _ONE_PROVIDER
+    + ","
+    + _FREE
+    + """
+SELECT c.tz, c.slot_minutes, f.starts_at, f.ends_at
+FROM chosen c
+LEFT JOIN free f ON f.provider_id = c.provider_id
+ORDER BY f.starts_at
+"""
+)
+
+SLOT_STATE = text(
+    _ONE_PROVIDER
+    + f"""
+SELECT s.starts_at, s.ends_at,
+       ({_BOOKABLE_WINDOW}) AS bookable_time,
+       {_OFF} AS time_off,
+       {_TAKEN} AS taken
+FROM slots s
+WHERE s.starts_at = :start
+"""
+)
+
+
+def _search_statement(*, specialty: bool, clinic: bool, after: bool) -> Any:
+    filters = ["p.is_active", "u.is_active"]
+    if specialty:
+        filters.append("lower(sp.name) = lower(:specialty)")
+    if clinic:
+        filters.append("p.clinic_id = :clinic_id")
+    if after:
+        filters.append("(u.full_name, p.user_id) > (:after_name, :after_id)")
+    return text(
+        f"""
+WITH chosen AS MATERIALIZED (
+    SELECT p.user_id AS provider_id, p.timezone AS tz, p.slot_minutes,
+           u.full_name, sp.name AS specialty, p.clinic_id, cl.name AS clinic_name,
+           cl.timezone AS clinic_timezone
+    FROM providers p
+    JOIN users u ON u.id = p.user_id
+    JOIN specialties sp ON sp.id = p.specialty_id
+    JOIN clinics cl ON cl.id = p.clinic_id
+    WHERE {" AND ".join(filters)}
+    ORDER BY u.full_name, p.user_id
+    LIMIT :page_size
+),
+{_SLOTS},
+{_FREE}
+SELECT c.provider_id, c.full_name, c.specialty, c.clinic_id, c.clinic_name, c.clinic_timezone,
+       c.tz, c.slot_minutes, f.starts_at, f.ends_at
+FROM chosen c
+LEFT JOIN free f ON f.provider_id = c.provider_id
+ORDER BY c.full_name, c.provider_id, f.starts_at
+"""
+    )
+
+
+@dataclass(frozen=True)
+class Window:
+    """Local dates to expand, and the instants between which a slot may start."""
+
+    from_date: date
+    to_date: date
+    earliest: datetime
+    latest: datetime
+
+    def params(self) -> dict[str, Any]:
+        return {
+            "from_date": self.from_date,
+            "to_date": self.to_date,
+            "earliest": self.earliest,
+            "latest": self.latest,
+            "ignore_appointment_id": None,
+        }
+
+
+async def free_slots(
+    session: AsyncSession, provider_id: uuid.UUID, window: Window
+) -> Sequence[AnyRow]:
+    result = await session.execute(
+        FREE_SLOTS_OF_PROVIDER, {**window.params(), "provider_id": provider_id}
+    )
+    return result.all()
+
+
+async def slot_state(
+    session: AsyncSession,
+    provider_id: uuid.UUID,
+    start: datetime,
+    window: Window,
+    *,
+    ignore_appointment_id: uuid.UUID | None = None,
+) -> AnyRow | None:
+    """The grid slot starting at `start` with its flags, or None when `start` is off the grid."""
+    params = {
+        **window.params(),
+        "provider_id": provider_id,
+        "start": start,
+        "ignore_appointment_id": ignore_appointment_id,
+    }
+    return (await session.execute(SLOT_STATE, params)).one_or_none()
+
+
+async def search(
+    session: AsyncSession,
+    window: Window,
+    *,
+    specialty: str | None,
+    clinic_id: uuid.UUID | None,
+    after: tuple[str, uuid.UUID] | None,
+    page_size: int,
+) -> Sequence[AnyRow]:
+    """Free slots of a page of providers (one row per slot; a provider with none gets one row
+    with NULL times), ordered by provider name, id and start."""
+    statement = _search_statement(
+        specialty=specialty is not None, clinic=clinic_id is not None, after=after is not None
+    )
+    params: dict[str, Any] = {**window.params(), "page_size": page_size}
+    if specialty is not None:
+        params["specialty"] = specialty
+    if clinic_id is not None:
+        params["clinic_id"] = clinic_id
+    if after is not None:
+        params["after_name"], params["after_id"] = after
+    return (await session.execute(statement, params)).all()
