@@ -45,7 +45,9 @@ def _reload_settings() -> Settings:
 def _environment(data_dir: Path | None, *, with_redis: bool) -> Iterator[Settings]:
     """Settings pointing at real servers: the configured URLs, or embedded ones started here.
 
-    In embedded mode the job worker runs inside the API process (no second command needed).
+    In embedded mode the schema is migrated on the way in (nobody else would), and the job
+    worker runs inside the API process. With URLs set, migrating is the deploy's business
+    (`carebook migrate`) and nothing here changes the schema.
     """
     if data_dir is not None:
         os.environ["CAREBOOK_DATA_DIR"] = str(data_dir.resolve())
@@ -63,7 +65,9 @@ def _environment(data_dir: Path | None, *, with_redis: bool) -> Iterator[Setting
             os.environ["CAREBOOK_REDIS_URL"] = redis_url
         if settings.jwt_secret.get_secret_value() == DEVELOPMENT_JWT_SECRET:
             os.environ["CAREBOOK_JWT_SECRET"] = ensure_secret_file(settings.data_dir / "jwt-secret")
-        yield _reload_settings()
+        embedded_settings = _reload_settings()
+        _migrate(embedded_settings)
+        yield embedded_settings
     finally:
         servers.stop()
 
@@ -93,11 +97,10 @@ def serve(
     import uvicorn
 
     with _environment(data_dir, with_redis=True) as settings:
-        _migrate(settings)
         if demo:
             from app.seed import print_demo_logins, seed_demo
 
-            asyncio.run(seed_demo(_reload_settings()))
+            asyncio.run(seed_demo(settings))
             print_demo_logins(host, port)
         uvicorn.run(
             "app.main:app_factory",
@@ -114,7 +117,7 @@ def serve(
 
 @cli.command()
 def worker(data_dir: DataDir = None) -> None:
-    """Run the background job worker (notifications, reminders, outbox relay, cron jobs)."""
+    """Run the background job worker (ARQ): the jobs and cron jobs of workers/settings.py."""
     from app.kit.logging import configure_logging
     from workers.runner import build_worker
 
@@ -133,7 +136,7 @@ def migrate(
 
     with _environment(data_dir, with_redis=False) as settings:
         assert settings.database_url is not None
-        asyncio.run(upgrade(settings.database_url, revision))
+        asyncio.run(upgrade(settings.database_url, revision))  # embedded: already at head
         typer.echo(f"Database migrated to {revision}.")
 
 
@@ -152,7 +155,6 @@ def seed(
     if demo == (scale is not None):
         raise typer.BadParameter("give exactly one of --demo or --scale N")
     with _environment(data_dir, with_redis=False) as settings:
-        _migrate(settings)
         if demo:
             from app.seed import print_demo_logins, seed_demo
 
@@ -197,7 +199,6 @@ def create_user(
         messages = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise typer.BadParameter(messages) from exc
     with _environment(data_dir, with_redis=False) as settings:
-        _migrate(settings)
         try:
             user_id = asyncio.run(create_operator(settings, data))
         except AppError as exc:

@@ -223,7 +223,8 @@ async def seed_demo(settings: Settings) -> None:
 
 
 def print_demo_logins(host: str, port: int) -> None:
-    base = f"http://{host}:{port}"
+    shown_host = "127.0.0.1" if host in {"0.0.0.0", "::", ""} else host  # noqa: S104
+    base = f"http://{shown_host}:{port}"
     lines = [
         "",
         f"Carebook demo is seeded. Every demo account uses the password '{DEMO_PASSWORD}'.",

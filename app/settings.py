@@ -47,7 +47,6 @@ class Settings(BaseSettings):
 
     # Auth (audit F17). The algorithm is pinned in app.kit.security, not configurable.
     jwt_secret: SecretStr = SecretStr(DEVELOPMENT_JWT_SECRET)
-    jwt_issuer: str = "carebook"
     access_token_minutes: int = Field(default=15, ge=1, le=60)
     refresh_token_days: int = Field(default=30, ge=1, le=365)
     argon2_time_cost: int = Field(default=2, ge=2)

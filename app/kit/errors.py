@@ -9,6 +9,7 @@ answers a bare 500 problem with the request id and nothing else.
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import Sequence
 from http import HTTPStatus
 from typing import Any
@@ -262,4 +263,6 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(PoolTimeoutError, _database_unavailable)
     app.add_exception_handler(ConnectionError, _database_unavailable)
+    # A database host missing from DNS (a Service briefly gone) is an outage, not a bug.
+    app.add_exception_handler(socket.gaierror, _database_unavailable)
     app.add_exception_handler(DBAPIError, _dbapi_error)

@@ -65,7 +65,6 @@ class InvalidToken(Exception):
 class Tokens:
     def __init__(self, settings: Settings) -> None:
         self._secret = settings.jwt_secret.get_secret_value()
-        self._issuer = settings.jwt_issuer
         self.access_ttl = timedelta(minutes=settings.access_token_minutes)
         self.refresh_ttl = timedelta(days=settings.refresh_token_days)
 
@@ -77,7 +76,6 @@ class Tokens:
             "iat": int(issued.timestamp()),
             "exp": int((issued + self.access_ttl).timestamp()),
             "jti": secrets.token_urlsafe(12),
-            "iss": self._issuer,
         }
         return jwt.encode(claims, self._secret, algorithm=JWT_ALGORITHM)
 
@@ -87,7 +85,6 @@ class Tokens:
                 token,
                 self._secret,
                 algorithms=[JWT_ALGORITHM],
-                issuer=self._issuer,
                 options={"require": ["sub", "role", "exp", "iat", "jti"]},
             )
             return AccessClaims(
