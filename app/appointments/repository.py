@@ -142,6 +142,9 @@ async def transition(
             Appointment.version,
             Appointment.updated_at,
         )
+        # The caller takes the new values from RETURNING; syncing the identity map would
+        # expire loaded attributes and turn the next read into a (forbidden) lazy load.
+        .execution_options(synchronize_session=False)
     )
     return result.one_or_none()
 
@@ -166,5 +169,6 @@ async def move(
             updated_at=func.now(),
         )
         .returning(Appointment.version, Appointment.updated_at)
+        .execution_options(synchronize_session=False)
     )
     return result.one_or_none()

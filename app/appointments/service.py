@@ -49,27 +49,24 @@ EVERYONE = frozenset(Role)
 
 
 def _out(row: AnyRow, **changes: Any) -> AppointmentOut:
+    """The API shape of a view row; `changes` are values an UPDATE ... RETURNING just set."""
     appointment: Appointment = row.Appointment
-    fields: dict[str, Any] = {
-        "status": appointment.status,
-        "cancel_reason": appointment.cancel_reason,
-        "updated_at": appointment.updated_at,
-        "starts_at": appointment.starts_at,
-        "ends_at": appointment.ends_at,
+    current = {
+        name: changes[name] if name in changes else getattr(appointment, name)
+        for name in ("status", "cancel_reason", "updated_at", "starts_at", "ends_at")
     }
-    fields.update(changes)
     return AppointmentOut(
         id=appointment.id,
         provider_id=appointment.provider_id,
         patient_id=appointment.patient_id,
         clinic_id=appointment.clinic_id,
-        start=to_local_iso(fields["starts_at"], row.tz),
-        end=to_local_iso(fields["ends_at"], row.tz),
-        status=fields["status"],
+        start=to_local_iso(current["starts_at"], row.tz),
+        end=to_local_iso(current["ends_at"], row.tz),
+        status=current["status"],
         video_status=appointment.video_status,
-        cancel_reason=fields["cancel_reason"],
+        cancel_reason=current["cancel_reason"],
         created_at=appointment.created_at,
-        updated_at=fields["updated_at"],
+        updated_at=current["updated_at"],
         provider=ProviderRef(
             id=appointment.provider_id, full_name=row.provider_name, specialty=row.specialty
         ),

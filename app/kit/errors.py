@@ -244,9 +244,11 @@ def _is_unavailability(exc: DBAPIError) -> bool:
         getattr(orig, "__cause__", None), "sqlstate", None
     )
     # 57014 query_canceled (statement_timeout), 55P03 lock_not_available (lock_timeout),
-    # 57P01 admin_shutdown, 08xxx connection exceptions.
+    # 40001/40P01 serialization failure and deadlock (nothing was committed; a retry may pass),
+    # 57P0x server shutting down, 08xxx connection exceptions.
     return isinstance(sqlstate, str) and (
-        sqlstate in {"57014", "55P03", "57P01", "57P02", "57P03"} or sqlstate.startswith("08")
+        sqlstate in {"57014", "55P03", "40001", "40P01", "57P01", "57P02", "57P03"}
+        or sqlstate.startswith("08")
     )
 
 
