@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, status
@@ -14,6 +13,7 @@ from app.availability.endpoints import Rules
 from app.kit.db import PrimaryReadSession, WriteSession
 from app.kit.idempotency import IdempotencyKeyHeader, IdempotentCall, run_idempotent
 from app.kit.pagination import Page, Pagination
+from app.kit.schemas import Instant
 from app.models import AppointmentStatus
 
 router = APIRouter(tags=["appointments"])
@@ -51,8 +51,8 @@ async def list_appointments(
     session: PrimaryReadSession,
     page: Pagination,
     status_: Annotated[list[AppointmentStatus] | None, Query(alias="status")] = None,
-    from_: Annotated[datetime | None, Query(alias="from", description="Starts at or after")] = None,
-    to: Annotated[datetime | None, Query(description="Starts before")] = None,
+    from_: Annotated[Instant | None, Query(alias="from", description="Starts at or after")] = None,
+    to: Annotated[Instant | None, Query(description="Starts before")] = None,
     order: Order = Order.ASC,
 ) -> Page[AppointmentOut]:
     items, cursor = await service.list_appointments(

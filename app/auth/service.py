@@ -12,7 +12,6 @@ from app.catalog import repository as catalog_repository
 from app.kit.errors import (
     EmailTaken,
     InvalidCredentials,
-    NotFound,
     TokenReused,
     Unauthorized,
     ValidationFailed,
@@ -133,8 +132,8 @@ async def logout(session: AsyncSession, principal: Principal, refresh_token: str
 
 async def me(session: AsyncSession, principal: Principal) -> User:
     user = await repository.get_user(session, principal.user_id)
-    if user is None:
-        raise NotFound("The account no longer exists.")
+    if user is None or not user.is_active:
+        raise Unauthorized("The account no longer exists or is disabled.")
     return user
 
 

@@ -3,7 +3,8 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, status
+from fastapi import APIRouter, Depends, Query, Request, status
+from fastapi.responses import Response
 
 from app.auth.dependencies import AdminPrincipal, Passwords_, Principal, require_roles
 from app.catalog import service
@@ -17,6 +18,7 @@ from app.catalog.schemas import (
     SpecialtyOut,
 )
 from app.kit.db import ReadSession, WriteSession
+from app.kit.http_cache import conditional_json
 from app.kit.pagination import Page, Pagination
 from app.models import Role
 
@@ -26,15 +28,15 @@ ProviderManager = Annotated[Principal, Depends(require_roles(Role.ADMIN, Role.ST
 
 
 @router.get("/v1/specialties", response_model=Page[SpecialtyOut])
-async def list_specialties(session: ReadSession, page: Pagination) -> Page[SpecialtyOut]:
+async def list_specialties(request: Request, session: ReadSession, page: Pagination) -> Response:
     items, cursor = await service.list_specialties(session, page)
-    return Page(items=items, next_cursor=cursor)
+    return conditional_json(request, Page(items=items, next_cursor=cursor))
 
 
 @router.get("/v1/clinics", response_model=Page[ClinicOut])
-async def list_clinics(session: ReadSession, page: Pagination) -> Page[ClinicOut]:
+async def list_clinics(request: Request, session: ReadSession, page: Pagination) -> Response:
     items, cursor = await service.list_clinics(session, page)
-    return Page(items=items, next_cursor=cursor)
+    return conditional_json(request, Page(items=items, next_cursor=cursor))
 
 
 @router.post("/v1/clinics", status_code=status.HTTP_201_CREATED, response_model=ClinicOut)

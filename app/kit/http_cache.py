@@ -1,0 +1,39 @@
+"""Conditional GETs: strong ETags over the response body, `If-None-Match` -> 304."""
+
+from __future__ import annotations
+
+import hashlib
+
+import orjson
+from fastapi import Request
+from fastapi.responses import Response
+from pydantic import BaseModel
+
+PUBLIC_SHORT = "public, max-age=60"
+PRIVATE = "private, no-cache"
+
+
+def etag_of(body: bytes) -> str:
+    return '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
+
+
+def _matches(if_none_match: str | None, etag: str) -> bool:
+    if not if_none_match:
+        return False
+    if if_none_match.strip() == "*":
+        return True
+    # If-None-Match uses the weak comparison: W/"x" matches "x".
+    candidates = {tag.strip().removeprefix("W/") for tag in if_none_match.split(",")}
+    return etag in candidates
+
+
+def conditional_json(
+    request: Request, model: BaseModel, *, cache_control: str = PUBLIC_SHORT
+) -> Response:
+    """The model as JSON with a strong ETag, or 304 when the client already holds it."""
+    body = orjson.dumps(model.model_dump(mode="json"))
+    etag = etag_of(body)
+    headers = {"ETag": etag, "Cache-Control": cache_control, "Vary": "Accept-Encoding"}
+    if _matches(request.headers.get("if-none-match"), etag):
+        return Response(status_code=304, headers=headers)
+    return Response(body, media_type="application/json", headers=headers)
