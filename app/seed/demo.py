@@ -1,4 +1,4 @@
-"""Data loading for the CLI: operator accounts, the demo dataset and benchmark datasets."""
+"""The demo dataset and operator accounts."""
 
 from __future__ import annotations
 
@@ -241,7 +241,3 @@ def print_demo_logins(host: str, port: int) -> None:
         "",
     ]
     typer.echo("\n".join(lines))
-
-
-async def seed_scale(settings: Settings, appointments: int) -> None:
-    raise typer.BadParameter("--scale arrives with the load runner (see load/); use --demo for now")
