@@ -72,6 +72,18 @@ def _environment(data_dir: Path | None, *, with_redis: bool) -> Iterator[Setting
         servers.stop()
 
 
+def _require_schema(settings: Settings) -> None:
+    """Refuse, in one line, to work on a database that `carebook migrate` has not prepared."""
+    from app.kit.migrations import current_revision, head_revision
+
+    assert settings.database_url is not None
+    revision = asyncio.run(current_revision(settings.database_url))
+    if revision != head_revision():
+        state = "has no Carebook schema" if revision is None else f"is at revision {revision}"
+        typer.echo(f"error: the database {state}; run `carebook migrate` first.", err=True)
+        raise typer.Exit(code=1)
+
+
 def _migrate(settings: Settings) -> None:
     from app.kit.migrations import upgrade
 
@@ -155,6 +167,7 @@ def seed(
     if demo == (scale is not None):
         raise typer.BadParameter("give exactly one of --demo or --scale N")
     with _environment(data_dir, with_redis=False) as settings:
+        _require_schema(settings)
         if demo:
             from app.seed import print_demo_logins, seed_demo
 
@@ -199,6 +212,7 @@ def create_user(
         messages = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise typer.BadParameter(messages) from exc
     with _environment(data_dir, with_redis=False) as settings:
+        _require_schema(settings)
         try:
             user_id = asyncio.run(create_operator(settings, data))
         except AppError as exc:

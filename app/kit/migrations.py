@@ -61,3 +61,25 @@ async def upgrade(url: str, revision: str = "head") -> None:
 
 async def downgrade(url: str, revision: str = "base") -> None:
     await _with_lock(url, "downgrade", revision)
+
+
+async def current_revision(url: str) -> str | None:
+    """The database's Alembic revision, or None when it has no Carebook schema."""
+    engine = create_async_engine(async_url(url), poolclass=pool.NullPool)
+    try:
+        async with engine.connect() as connection:
+            exists = await connection.scalar(text("SELECT to_regclass('public.alembic_version')"))
+            if exists is None:
+                return None
+            revision = await connection.scalar(text("SELECT version_num FROM alembic_version"))
+            return str(revision) if revision is not None else None
+    finally:
+        await engine.dispose()
+
+
+def head_revision() -> str:
+    from alembic.script import ScriptDirectory
+
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    assert head is not None
+    return head
