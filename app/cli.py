@@ -162,8 +162,19 @@ def seed(
         int | None,
         typer.Option(help="Benchmark dataset with N appointments (loaded with COPY).", min=1),
     ] = None,
+    random_seed: Annotated[
+        int,
+        typer.Option(
+            "--random-seed",
+            help="With --scale: seed of the generator; the same seed (on the same day) gives "
+            "identical rows, ids included.",
+        ),
+    ] = 42,
 ) -> None:
-    """Load data: the demo dataset (idempotent) or a benchmark dataset of a given size."""
+    """Load data: the demo dataset (idempotent) or a benchmark dataset of a given size.
+
+    `--scale N` needs a migrated database without appointments and refuses any other.
+    """
     if demo == (scale is not None):
         raise typer.BadParameter("give exactly one of --demo or --scale N")
     with _environment(data_dir, with_redis=False) as settings:
@@ -177,7 +188,14 @@ def seed(
             from app.seed import seed_scale
 
             assert scale is not None
-            asyncio.run(seed_scale(settings, scale))
+            summary = asyncio.run(seed_scale(settings, scale, random_seed=random_seed))
+            typer.echo(
+                f"Seeded {summary.appointments} appointments, {summary.patients} patients, "
+                f"{summary.providers} providers ({summary.schedule_rules} schedule rules) in "
+                f"{summary.clinics} clinics in {summary.seconds:.1f} s "
+                f"(random seed {summary.random_seed}, today {summary.today.isoformat()})."
+            )
+            typer.echo("\n".join(summary.logins()))
 
 
 @cli.command("create-user")

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import func, select, text, tuple_
 from sqlalchemy.dialects.postgresql import insert
@@ -28,22 +28,28 @@ async def insert_clinic(session: AsyncSession, *, name: str, timezone: str) -> C
     return clinic
 
 
+Named = TypeVar("Named", Clinic, Specialty)
+
+
+async def _page_by_name(
+    session: AsyncSession, model: type[Named], after: tuple[str, uuid.UUID] | None, limit: int
+) -> Sequence[Named]:
+    query = select(model).order_by(model.name, model.id).limit(limit + 1)
+    if after is not None:
+        query = query.where(tuple_(model.name, model.id) > tuple_(*after))
+    return (await session.execute(query)).scalars().all()
+
+
 async def list_clinics(
     session: AsyncSession, *, after: tuple[str, uuid.UUID] | None, limit: int
 ) -> Sequence[Clinic]:
-    query = select(Clinic).order_by(Clinic.name, Clinic.id).limit(limit + 1)
-    if after is not None:
-        query = query.where(tuple_(Clinic.name, Clinic.id) > tuple_(*after))
-    return (await session.execute(query)).scalars().all()
+    return await _page_by_name(session, Clinic, after, limit)
 
 
 async def list_specialties(
     session: AsyncSession, *, after: tuple[str, uuid.UUID] | None, limit: int
 ) -> Sequence[Specialty]:
-    query = select(Specialty).order_by(Specialty.name, Specialty.id).limit(limit + 1)
-    if after is not None:
-        query = query.where(tuple_(Specialty.name, Specialty.id) > tuple_(*after))
-    return (await session.execute(query)).scalars().all()
+    return await _page_by_name(session, Specialty, after, limit)
 
 
 async def get_specialty_by_name(session: AsyncSession, name: str) -> Specialty | None:

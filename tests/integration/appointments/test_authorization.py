@@ -16,35 +16,14 @@ from sqlalchemy import update
 
 from app.models import Appointment, Role
 from tests.fixtures.app import Account, Accounts
-from tests.fixtures.booking import Booking, ProviderSetup, local_instant, next_local_day
-
-PROBLEM = "application/problem+json"
-PROBLEM_KEYS = {"type", "title", "status", "detail", "code"}
-APPOINTMENT_KEYS = {
-    "id",
-    "provider_id",
-    "patient_id",
-    "clinic_id",
-    "start",
-    "end",
-    "status",
-    "video_status",
-    "cancel_reason",
-    "created_at",
-    "updated_at",
-    "provider",
-    "patient",
-}
-
-
-def assert_problem(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].split(";")[0].strip() == PROBLEM
-    body: dict[str, Any] = response.json()
-    assert body.keys() >= PROBLEM_KEYS, body
-    assert body["status"] == status
-    assert body["code"] == code
-    return body
+from tests.fixtures.booking import (
+    APPOINTMENT_KEYS,
+    Booking,
+    ProviderSetup,
+    local_instant,
+    next_local_day,
+)
+from tests.fixtures.problems import assert_problem
 
 
 def new_key() -> str:

@@ -14,25 +14,14 @@ from sqlalchemy import select
 from app.kit.db import Database
 from app.models import OutboxEvent, Role
 from tests.fixtures.app import Account, Accounts
-from tests.fixtures.booking import Booking, ProviderSetup, local_instant, next_local_day
-
-PROBLEM = "application/problem+json"
-PROBLEM_KEYS = {"type", "title", "status", "detail", "code"}
-APPOINTMENT_KEYS = {
-    "id",
-    "provider_id",
-    "patient_id",
-    "clinic_id",
-    "start",
-    "end",
-    "status",
-    "video_status",
-    "cancel_reason",
-    "created_at",
-    "updated_at",
-    "provider",
-    "patient",
-}
+from tests.fixtures.booking import (
+    APPOINTMENT_KEYS,
+    Booking,
+    ProviderSetup,
+    local_instant,
+    next_local_day,
+)
+from tests.fixtures.problems import assert_problem
 
 # action (URL suffix) -> the status it leads to; reschedule keeps the appointment booked.
 ACTIONS = {
@@ -58,16 +47,6 @@ ALLOWED = {
     "cancelled": set(),
     "no_show": set(),
 }
-
-
-def assert_problem(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].split(";")[0].strip() == PROBLEM
-    body: dict[str, Any] = response.json()
-    assert body.keys() >= PROBLEM_KEYS, body
-    assert body["status"] == status
-    assert body["code"] == code
-    return body
 
 
 def new_key() -> str:

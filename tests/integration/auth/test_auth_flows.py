@@ -17,28 +17,7 @@ from app.kit.db import Database
 from app.models import Clinic, RefreshToken, Role, User
 from app.settings import Settings
 from tests.fixtures.app import TEST_PASSWORD, Accounts
-
-PROBLEM = "application/problem+json"
-PROBLEM_KEYS = {"type", "title", "status", "detail", "code"}
-
-
-def assert_problem(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].split(";")[0].strip() == PROBLEM
-    body: dict[str, Any] = response.json()
-    assert body.keys() >= PROBLEM_KEYS, body
-    assert body["status"] == status
-    assert body["code"] == code
-    assert isinstance(body["title"], str)
-    assert body["title"]
-    assert isinstance(body["detail"], str)
-    assert body["detail"]
-    assert isinstance(body["type"], str)
-    assert body["type"]
-    # docs/decisions/0002: the type names the code; every problem carries the request id.
-    assert body["type"] == f"https://carebook.dev/problems/{code.replace('_', '-')}"
-    assert body["request_id"] == response.headers["x-request-id"]
-    return body
+from tests.fixtures.problems import PROBLEM, assert_problem
 
 
 def assert_unauthorized(response: httpx.Response) -> None:

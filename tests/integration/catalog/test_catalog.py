@@ -16,9 +16,8 @@ from app.kit.db import Database
 from app.models import Role, Specialty
 from tests.fixtures.app import TEST_PASSWORD, Accounts
 from tests.fixtures.booking import Booking
+from tests.fixtures.problems import assert_problem
 
-PROBLEM = "application/problem+json"
-PROBLEM_KEYS = {"type", "title", "status", "detail", "code"}
 GARBAGE_CURSORS = (
     "garbage",
     "!!!not-base64!!!",
@@ -26,16 +25,6 @@ GARBAGE_CURSORS = (
     base64.urlsafe_b64encode(b'["name", "not-a-uuid"]').decode().rstrip("="),
     base64.urlsafe_b64encode(b'["only one"]').decode().rstrip("="),
 )
-
-
-def assert_problem(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].split(";")[0].strip() == PROBLEM
-    body: dict[str, Any] = response.json()
-    assert body.keys() >= PROBLEM_KEYS, body
-    assert body["status"] == status
-    assert body["code"] == code
-    return body
 
 
 async def walk_pages(

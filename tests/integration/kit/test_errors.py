@@ -15,28 +15,11 @@ from sqlalchemy import text
 from app.kit.db import WriteSession
 from app.settings import Settings
 from tests.fixtures.app import client_for, make_settings, running_app
+from tests.fixtures.problems import PROBLEM, PROBLEM_KEYS, assert_problem
 
-PROBLEM = "application/problem+json"
-PROBLEM_KEYS = {"type", "title", "status", "detail", "code"}
 LIMIT = 1_048_576
 SECRET_PASSWORD = "Sup3r-Secret-Passw0rd!"  # long enough to be valid, distinctive to search for
 REGISTER = "/v1/auth/register"
-
-
-def assert_problem(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].split(";")[0].strip() == PROBLEM
-    body: dict[str, Any] = response.json()
-    assert body.keys() >= PROBLEM_KEYS, body
-    assert body["status"] == status
-    assert body["code"] == code
-    for member in ("type", "title", "detail"):
-        assert isinstance(body[member], str), member
-        assert body[member], member
-    # docs/decisions/0002: the type names the code; every problem carries the request id.
-    assert body["type"] == f"https://carebook.dev/problems/{code.replace('_', '-')}"
-    assert body["request_id"] == response.headers["x-request-id"]
-    return body
 
 
 def assert_validation_problem(response: httpx.Response) -> list[dict[str, Any]]:

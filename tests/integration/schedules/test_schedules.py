@@ -12,19 +12,7 @@ import httpx
 from app.models import Role
 from tests.fixtures.app import Account, Accounts
 from tests.fixtures.booking import Booking, ProviderSetup, local_instant, next_local_day
-
-PROBLEM = "application/problem+json"
-PROBLEM_KEYS = {"type", "title", "status", "detail", "code"}
-
-
-def assert_problem(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].split(";")[0].strip() == PROBLEM
-    body: dict[str, Any] = response.json()
-    assert body.keys() >= PROBLEM_KEYS, body
-    assert body["status"] == status
-    assert body["code"] == code
-    return body
+from tests.fixtures.problems import assert_problem
 
 
 def schedule_path(provider_id: uuid.UUID | str) -> str:
