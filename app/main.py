@@ -14,8 +14,10 @@ from app.auth.endpoints import router as auth_router
 from app.availability.endpoints import router as availability_router
 from app.catalog.endpoints import router as catalog_router
 from app.health.endpoints import router as health_router
+from app.kit.cache import INVALIDATING_TOPICS, Cache
 from app.kit.db import Database
 from app.kit.errors import install_error_handlers
+from app.kit.events import EventBus
 from app.kit.logging import configure_logging
 from app.kit.middleware import RequestContextMiddleware
 from app.kit.redis import create_redis
@@ -35,8 +37,12 @@ def _lifespan(settings: Settings) -> Callable[[FastAPI], AbstractAsyncContextMan
                 "which provides an embedded database when no URL is configured."
             )
         app.state.settings = settings
-        app.state.database = Database.connect(settings, settings.database_url)
         app.state.redis = create_redis(settings.redis_url, settings) if settings.redis_url else None
+        app.state.cache = Cache(app.state.redis)
+        events = EventBus()
+        for topic in INVALIDATING_TOPICS:
+            events.subscribe(topic, app.state.cache.on_event)
+        app.state.database = Database.connect(settings, settings.database_url, events=events)
         app.state.passwords = Passwords(settings)
         app.state.tokens = Tokens(settings)
         worker_task: asyncio.Task[None] | None = None

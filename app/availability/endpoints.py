@@ -5,11 +5,14 @@ from datetime import date
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import Response
 
 from app.availability import service
 from app.availability.schemas import AvailabilitySearch, ProviderAvailability
 from app.availability.service import BookingRules
+from app.kit.cache import CacheDep
 from app.kit.db import PrimaryReadSession
+from app.kit.http_cache import PUBLIC_REVALIDATE, conditional_bytes
 from app.kit.pagination import Pagination
 
 router = APIRouter(tags=["availability"])
@@ -25,13 +28,16 @@ Rules = Annotated[BookingRules, Depends(booking_rules)]
 # Availability reads the primary: a replica's lag would offer a slot that was just taken.
 @router.get("/v1/providers/{provider_id}/availability", response_model=ProviderAvailability)
 async def provider_availability(
+    request: Request,
     provider_id: uuid.UUID,
     session: PrimaryReadSession,
+    cache: CacheDep,
     rules: Rules,
     from_: Annotated[date, Query(alias="from", description="First local date, inclusive")],
     to: Annotated[date, Query(description="Last local date, inclusive")],
-) -> ProviderAvailability:
-    return await service.provider_availability(session, rules, provider_id, from_, to)
+) -> Response:
+    body = await service.provider_availability_json(session, cache, rules, provider_id, from_, to)
+    return conditional_bytes(request, body, cache_control=PUBLIC_REVALIDATE)
 
 
 @router.get("/v1/availability", response_model=AvailabilitySearch)

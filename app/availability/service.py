@@ -5,12 +5,14 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from itertools import groupby
 
+import orjson
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.availability import repository
 from app.availability.repository import Window
 from app.availability.schemas import AvailabilitySearch, ProviderAvailability, ProviderSlots, Slot
 from app.catalog.schemas import ClinicSummary, ProviderSummary
+from app.kit.cache import Cache, provider_scope
 from app.kit.errors import NotFound, RangeTooLarge, ValidationFailed
 from app.kit.pagination import PageParams, build_page, decode_cursor, parse_uuid
 from app.kit.schemas import to_local_iso
@@ -18,6 +20,8 @@ from app.settings import Settings
 
 MAX_RANGE_DAYS = 30  # `to - from`, so 31 dates
 MAX_SEARCH_DAYS = 7
+# A backstop only: changes bump the provider's version, and keys change every minute anyway.
+AVAILABILITY_TTL_SECONDS = 120
 
 
 @dataclass(frozen=True)
@@ -32,8 +36,17 @@ class BookingRules:
             horizon=timedelta(days=settings.booking_horizon_days),
         )
 
+    @staticmethod
+    def now() -> datetime:
+        """The current minute, rounded up: availability is computed per whole minute, so a
+        cached window equals a fresh one for that minute and never offers a slot inside the
+        minimum notice."""
+        current = datetime.now(UTC)
+        floor = current.replace(second=0, microsecond=0)
+        return floor if floor == current else floor + timedelta(minutes=1)
+
     def window(self, from_date: date, to_date: date, now: datetime | None = None) -> Window:
-        now = now or datetime.now(UTC)
+        now = now or self.now()
         return Window(
             from_date=from_date,
             to_date=to_date,
@@ -49,15 +62,41 @@ def _check_range(from_date: date, to_date: date) -> None:
         raise RangeTooLarge(f"At most {MAX_RANGE_DAYS + 1} days can be asked for at once.")
 
 
+async def provider_availability_json(
+    session: AsyncSession,
+    cache: Cache,
+    rules: BookingRules,
+    provider_id: uuid.UUID,
+    from_date: date,
+    to_date: date,
+) -> bytes:
+    """The availability document, from the cache when this provider has not changed since."""
+    _check_range(from_date, to_date)
+    now = rules.now()
+
+    async def compute() -> bytes:
+        result = await provider_availability(session, rules, provider_id, from_date, to_date, now)
+        return orjson.dumps(result.model_dump(mode="json"))
+
+    return await cache.get_or_compute(
+        "availability",
+        provider_scope(provider_id),
+        f"{from_date}:{to_date}:{now:%Y%m%d%H%M}",
+        compute,
+        ttl_seconds=AVAILABILITY_TTL_SECONDS,
+    )
+
+
 async def provider_availability(
     session: AsyncSession,
     rules: BookingRules,
     provider_id: uuid.UUID,
     from_date: date,
     to_date: date,
+    now: datetime | None = None,
 ) -> ProviderAvailability:
     _check_range(from_date, to_date)
-    rows = await repository.free_slots(session, provider_id, rules.window(from_date, to_date))
+    rows = await repository.free_slots(session, provider_id, rules.window(from_date, to_date, now))
     if not rows:
         raise NotFound("No such provider.")
     zone = rows[0].tz

@@ -1,8 +1,11 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+import orjson
+from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth import service as auth_service
@@ -18,6 +21,8 @@ from app.catalog.schemas import (
     ProviderSummary,
     SpecialtyOut,
 )
+from app.kit import outbox
+from app.kit.cache import Cache, Scope
 from app.kit.db import AnyRow
 from app.kit.errors import Forbidden, NotFound, ValidationFailed
 from app.kit.pagination import PageParams, build_page, decode_cursor, parse_uuid
@@ -32,8 +37,27 @@ def _name_cursor(params: PageParams) -> tuple[str, uuid.UUID] | None:
     return name, row_id
 
 
+CATALOG_TTL_SECONDS = 300
+
+
+async def cached_json(
+    cache: Cache,
+    name: str,
+    scope: Scope,
+    key: str,
+    compute: Callable[[], Awaitable[BaseModel]],
+) -> bytes:
+    """A catalogue document from the cache; computed (and stored) on a miss."""
+
+    async def render() -> bytes:
+        return orjson.dumps((await compute()).model_dump(mode="json"))
+
+    return await cache.get_or_compute(name, scope, key, render, ttl_seconds=CATALOG_TTL_SECONDS)
+
+
 async def create_clinic(session: AsyncSession, data: ClinicIn) -> ClinicOut:
     clinic = await repository.insert_clinic(session, name=data.name, timezone=data.timezone)
+    await outbox.emit(session, "clinic.created", {"clinic_id": str(clinic.id)})
     return ClinicOut.model_validate(clinic)
 
 
@@ -84,6 +108,11 @@ async def create_provider(
             slot_minutes=data.slot_minutes,
             bio=data.bio,
         ),
+    )
+    await outbox.emit(
+        session,
+        "provider.created",
+        {"provider_id": str(user.id), "clinic_id": str(data.clinic_id)},
     )
     view = await repository.get_provider_view(session, user.id)
     assert view is not None

@@ -12,7 +12,8 @@ Two session types exist so a read that tolerates replica lag can say so in its s
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Annotated, Any, TypeAlias
@@ -28,7 +29,10 @@ from sqlalchemy.ext.asyncio import (
 )
 
 from app.kit.errors import AppError
+from app.kit.events import EventBus
 from app.settings import Settings
+
+logger = logging.getLogger("carebook.db")
 
 
 def async_url(url: str) -> URL:
@@ -75,9 +79,13 @@ class Database:
     replica: AsyncEngine | None
     write_sessions: async_sessionmaker[AsyncSession]
     read_sessions: async_sessionmaker[AsyncSession]
+    # Receives each committed event in this process (see app.kit.outbox).
+    events: EventBus | None = None
 
     @classmethod
-    def connect(cls, settings: Settings, database_url: str) -> Database:
+    def connect(
+        cls, settings: Settings, database_url: str, *, events: EventBus | None = None
+    ) -> Database:
         primary = create_engine(database_url, settings, role="primary")
         replica = (
             create_engine(settings.database_replica_url, settings, role="replica")
@@ -89,6 +97,7 @@ class Database:
             replica=replica,
             write_sessions=async_sessionmaker(primary, expire_on_commit=False),
             read_sessions=async_sessionmaker(replica or primary, expire_on_commit=False),
+            events=events,
         )
 
     async def dispose(self) -> None:
@@ -101,17 +110,24 @@ class Database:
         """A write session that commits when the block succeeds and rolls back when it raises.
 
         This is the boundary for jobs and CLI commands; requests use `get_write_session`.
+        Callbacks registered with `after_commit` run once the commit has succeeded.
         """
         async with self.write_sessions() as session:
+            session.info[_EVENT_BUS] = self.events
             try:
                 yield session
             except AppError as exc:
-                await (session.commit() if exc.commits else session.rollback())
+                if exc.commits:
+                    await session.commit()
+                    await _run_after_commit(session)
+                else:
+                    await session.rollback()
                 raise
             except BaseException:
                 await session.rollback()
                 raise
             await session.commit()
+            await _run_after_commit(session)
 
     @asynccontextmanager
     async def reading(self, *, primary: bool = False) -> AsyncIterator[AsyncSession]:
@@ -123,6 +139,34 @@ class Database:
                 yield session
             finally:
                 await session.rollback()
+
+
+_AFTER_COMMIT = "carebook_after_commit"
+_EVENT_BUS = "carebook_event_bus"
+
+
+def event_bus_of(session: AsyncSession) -> EventBus | None:
+    bus = session.info.get(_EVENT_BUS)
+    return bus if isinstance(bus, EventBus) else None
+
+
+def after_commit(session: AsyncSession, callback: Callable[[], Awaitable[None]]) -> None:
+    """Run `callback` after this session's transaction commits (never if it rolls back).
+
+    For effects that must not be seen before the data is, such as bumping a cache version:
+    bumped earlier, a reader could cache the old rows under the new version.
+    """
+    session.info.setdefault(_AFTER_COMMIT, []).append(callback)
+
+
+async def _run_after_commit(session: AsyncSession) -> None:
+    callbacks: list[Callable[[], Awaitable[None]]] = session.info.pop(_AFTER_COMMIT, [])
+    for callback in callbacks:
+        try:
+            await callback()
+        except Exception:
+            # The data is committed; a failed follow-up must not turn success into an error.
+            logger.exception("after-commit callback failed")
 
 
 def get_database(request: Request) -> Database:

@@ -10,7 +10,8 @@ from fastapi.responses import Response
 from pydantic import BaseModel
 
 PUBLIC_SHORT = "public, max-age=60"
-PRIVATE = "private, no-cache"
+# Public but changes with every booking: clients and proxies revalidate (cheap 304s).
+PUBLIC_REVALIDATE = "public, no-cache"
 
 
 def etag_of(body: bytes) -> str:
@@ -31,7 +32,13 @@ def conditional_json(
     request: Request, model: BaseModel, *, cache_control: str = PUBLIC_SHORT
 ) -> Response:
     """The model as JSON with a strong ETag, or 304 when the client already holds it."""
-    body = orjson.dumps(model.model_dump(mode="json"))
+    return conditional_bytes(
+        request, orjson.dumps(model.model_dump(mode="json")), cache_control=cache_control
+    )
+
+
+def conditional_bytes(request: Request, body: bytes, *, cache_control: str) -> Response:
+    """Ready JSON bytes (e.g. from the cache) with a strong ETag, or 304."""
     etag = etag_of(body)
     headers = {"ETag": etag, "Cache-Control": cache_control, "Vary": "Accept-Encoding"}
     if _matches(request.headers.get("if-none-match"), etag):

@@ -1,0 +1,250 @@
+"""Redis response cache with event-driven invalidation (audit F6).
+
+Freshness first: every cached value lives under a key that embeds a *version* of what it was
+computed from (one per provider, one for the catalogue). A change bumps the version after its
+transaction commits (`bump_after_commit`), so the very next request, in any process, looks up
+a key that does not exist yet and recomputes. TTLs are only a backstop.
+
+Speed second: a lookup is one round trip (a Lua script reads the version and the versioned key
+together); concurrent misses of one key compute once per process (single flight) and, across
+processes, once per lock holder while the others briefly wait for its result.
+
+Redis is an accelerator, never a dependency: every call has a short timeout, and after a few
+failures an in-process circuit skips Redis for a while instead of waiting on it each request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Annotated, Any, TypeVar
+
+from fastapi import Depends, Request
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+logger = logging.getLogger("carebook.cache")
+
+T = TypeVar("T")
+
+_PREFIX = "cb:v1"
+_LOOKUP = """
+local version = redis.call('GET', KEYS[1]) or '0'
+return {version, redis.call('GET', ARGV[1] .. version .. ARGV[2])}
+"""
+_LOCK_WAIT_SECONDS = 1.0
+_LOCK_POLL_SECONDS = 0.02
+
+
+class RedisCircuit:
+    """Opens after `threshold` consecutive failures; while open, Redis is not called at all.
+    After `cooldown` seconds one call is let through to probe whether Redis is back."""
+
+    def __init__(self, threshold: int = 3, cooldown: float = 5.0) -> None:
+        self.threshold = threshold
+        self.cooldown = cooldown
+        self._failures = 0
+        self._opened_at: float | None = None
+
+    @property
+    def is_open(self) -> bool:
+        if self._opened_at is None:
+            return False
+        if time.monotonic() - self._opened_at >= self.cooldown:
+            self._opened_at = time.monotonic()  # half-open: this caller probes, others skip
+            return False
+        return True
+
+    def succeeded(self) -> None:
+        self._failures = 0
+        self._opened_at = None
+
+    def failed(self) -> None:
+        self._failures += 1
+        if self._failures >= self.threshold:
+            if self._opened_at is None:
+                logger.warning("redis circuit opened: serving without Redis")
+            self._opened_at = time.monotonic()
+
+
+@dataclass
+class CacheStats:
+    hits: dict[str, int] = field(default_factory=dict)
+    misses: dict[str, int] = field(default_factory=dict)
+
+    def hit(self, name: str) -> None:
+        self.hits[name] = self.hits.get(name, 0) + 1
+
+    def miss(self, name: str) -> None:
+        self.misses[name] = self.misses.get(name, 0) + 1
+
+
+@dataclass(frozen=True)
+class Scope:
+    """What a cached value depends on: its version key names it (`provider:<id>`, `catalog`)."""
+
+    name: str
+
+    @property
+    def version_key(self) -> str:
+        return f"{_PREFIX}:ver:{self.name}"
+
+
+CATALOG = Scope("catalog")
+
+
+def provider_scope(provider_id: object) -> Scope:
+    return Scope(f"provider:{provider_id}")
+
+
+def get_cache(request: Request) -> Cache:
+    cache: Cache = request.app.state.cache
+    return cache
+
+
+class Cache:
+    def __init__(self, redis: Redis | None, circuit: RedisCircuit | None = None) -> None:
+        self.redis = redis
+        self.circuit = circuit or RedisCircuit()
+        self.stats = CacheStats()
+        self._lookup = redis.register_script(_LOOKUP) if redis is not None else None
+        self._in_flight: dict[str, asyncio.Future[bytes]] = {}
+        # Bumps that failed while Redis was unreachable, retried once it answers again, so a
+        # value cached before the outage is not served after it.
+        self._missed_bumps: set[Scope] = set()
+
+    @property
+    def available(self) -> bool:
+        return self.redis is not None and not self.circuit.is_open
+
+    async def _call(self, operation: Callable[[], Awaitable[T]]) -> T | None:
+        if not self.available:
+            return None
+        try:
+            if self._missed_bumps:
+                await self._incr(self._missed_bumps)
+                self._missed_bumps.clear()
+            result = await operation()
+        except (RedisError, OSError, TimeoutError) as exc:
+            self.circuit.failed()
+            logger.warning("redis call failed", extra={"error": type(exc).__name__})
+            return None
+        self.circuit.succeeded()
+        return result
+
+    async def get_or_compute(
+        self,
+        name: str,
+        scope: Scope,
+        key: str,
+        compute: Callable[[], Awaitable[bytes]],
+        *,
+        ttl_seconds: int,
+    ) -> bytes:
+        """The cached bytes for `key` at the scope's current version, computing them on a miss."""
+        if len(key) > 64:  # free-text parameters stay out of key names (and their length)
+            key = hashlib.sha256(key.encode()).hexdigest()
+        prefix, suffix = f"{_PREFIX}:{name}:{scope.name}:", f":{key}"
+        found = await self._call(lambda: self._lookup_script(scope, prefix, suffix))
+        if found is not None and found[1] is not None:
+            self.stats.hit(name)
+            return bytes(found[1])
+        self.stats.miss(name)
+        version = found[0].decode() if found is not None else None
+        full_key = f"{prefix}{version}{suffix}" if version is not None else None
+        return await self._single_flight(
+            full_key or f"{prefix}?{suffix}", lambda: self._fill(full_key, compute, ttl_seconds)
+        )
+
+    async def _lookup_script(self, scope: Scope, prefix: str, suffix: str) -> Any:
+        assert self._lookup is not None
+        return await self._lookup(keys=[scope.version_key], args=[prefix, suffix])
+
+    async def _single_flight(self, key: str, compute: Callable[[], Awaitable[bytes]]) -> bytes:
+        pending = self._in_flight.get(key)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self._in_flight[key] = future
+        try:
+            value = await compute()
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # mark retrieved: waiters re-raise it, nobody else has to
+            raise
+        finally:
+            self._in_flight.pop(key, None)
+        future.set_result(value)
+        return value
+
+    async def _fill(
+        self, full_key: str | None, compute: Callable[[], Awaitable[bytes]], ttl_seconds: int
+    ) -> bytes:
+        if full_key is None:  # Redis unavailable: straight to the database
+            return await compute()
+        redis = self.redis
+        assert redis is not None
+        lock_key = f"{full_key}:lock"
+        locked = await self._call(lambda: redis.set(lock_key, b"1", nx=True, px=5000))
+        if locked is False:
+            # Another process is computing this very key: wait briefly for its result.
+            deadline = time.monotonic() + _LOCK_WAIT_SECONDS
+            while time.monotonic() < deadline:
+                await asyncio.sleep(_LOCK_POLL_SECONDS)
+                value = await self._call(lambda: redis.get(full_key))
+                if value is not None:
+                    return bytes(value)
+        value = await compute()
+        await self._call(lambda: self._store(full_key, lock_key, value, ttl_seconds))
+        return value
+
+    async def _store(self, full_key: str, lock_key: str, value: bytes, ttl_seconds: int) -> None:
+        assert self.redis is not None
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.set(full_key, value, ex=ttl_seconds)
+            pipe.delete(lock_key)
+            await pipe.execute()
+
+    async def _incr(self, scopes: set[Scope]) -> None:
+        assert self.redis is not None
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for scope in scopes:
+                pipe.incr(scope.version_key)
+                # Versions outlive every value that embeds them (values live minutes).
+                pipe.expire(scope.version_key, 7 * 24 * 3600)
+            await pipe.execute()
+
+    async def bump(self, *scopes: Scope) -> None:
+        """Move scopes to a new version: every key computed from them is unreachable at once."""
+        if not scopes or self.redis is None:
+            return
+        # Attempted even with the circuit open: a missed bump is a stale value later.
+        try:
+            await self._incr({*scopes, *self._missed_bumps})
+            self._missed_bumps.clear()
+        except (RedisError, OSError, TimeoutError) as exc:
+            self.circuit.failed()
+            self._missed_bumps.update(scopes)
+            logger.warning(
+                "cache version bump failed; retried when Redis answers, values expire by TTL",
+                extra={"scopes": sorted(s.name for s in scopes), "error": type(exc).__name__},
+            )
+
+    async def on_event(self, topic: str, payload: dict[str, Any]) -> None:
+        """Invalidation policy: which committed events make which cached values stale."""
+        scopes = [provider_scope(payload["provider_id"])] if "provider_id" in payload else []
+        if topic.startswith(CATALOG_TOPICS):
+            scopes.append(CATALOG)
+        await self.bump(*scopes)
+
+
+CacheDep = Annotated["Cache", Depends(get_cache)]
+
+# Appointment, schedule and time-off events carry `provider_id` and so bump that provider
+# (availability, profile); these also change what the catalogue lists show.
+CATALOG_TOPICS = ("clinic.", "provider.")
+INVALIDATING_TOPICS = ("appointment.", "schedule.", "time_off.", *CATALOG_TOPICS)
