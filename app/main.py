@@ -19,7 +19,8 @@ from app.kit.db import Database
 from app.kit.errors import install_error_handlers
 from app.kit.events import EventBus
 from app.kit.logging import configure_logging
-from app.kit.middleware import RequestContextMiddleware
+from app.kit.middleware import RateLimitMiddleware, RequestContextMiddleware
+from app.kit.rate_limit import Policies, RateLimiter
 from app.kit.redis import create_redis
 from app.kit.security import Passwords, Tokens
 from app.schedules.endpoints import router as schedules_router
@@ -39,6 +40,12 @@ def _lifespan(settings: Settings) -> Callable[[FastAPI], AbstractAsyncContextMan
         app.state.settings = settings
         app.state.redis = create_redis(settings.redis_url, settings) if settings.redis_url else None
         app.state.cache = Cache(app.state.redis)
+        app.state.rate_limiter = RateLimiter(
+            app.state.redis,
+            app.state.cache.circuit,  # one Redis, one view of whether it is reachable
+            Policies.from_settings(settings),
+            enabled=settings.rate_limit_enabled,
+        )
         events = EventBus()
         for topic in INVALIDATING_TOPICS:
             events.subscribe(topic, app.state.cache.on_event)
@@ -73,6 +80,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=_lifespan(settings),
     )
     install_error_handlers(app)
+    # Added innermost first: request context wraps everything, then the per-IP limit.
+    app.add_middleware(RateLimitMiddleware)
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)
     app.include_router(health_router)
     for router in (

@@ -55,6 +55,19 @@ class Settings(BaseSettings):
 
     # HTTP limits.
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    # Proxies whose X-Forwarded-For is believed (uvicorn's --forwarded-allow-ips).
+    forwarded_allow_ips: str = "127.0.0.1"
+
+    # Rate limits (audit F15). Per IP leaves room for a clinic behind one NAT address.
+    rate_limit_enabled: bool = True
+    rate_limit_ip_per_second: float = Field(default=200.0, gt=0)
+    rate_limit_ip_burst: int = Field(default=400, ge=1)
+    rate_limit_user_per_second: float = Field(default=30.0, gt=0)
+    rate_limit_user_burst: int = Field(default=60, ge=1)
+    rate_limit_login_per_minute: int = Field(default=10, ge=1)
+    rate_limit_login_ip_per_minute: int = Field(default=60, ge=1)
+    rate_limit_register_per_minute: int = Field(default=20, ge=1)
+    rate_limit_booking_per_minute: int = Field(default=20, ge=1)
 
     # Booking rules.
     min_notice_minutes: int = Field(default=60, ge=0)

@@ -13,6 +13,7 @@ from app.availability.endpoints import Rules
 from app.kit.db import PrimaryReadSession, WriteSession
 from app.kit.idempotency import IdempotencyKeyHeader, IdempotentCall, run_idempotent
 from app.kit.pagination import Page, Pagination
+from app.kit.rate_limit import Limiter
 from app.kit.schemas import Instant
 from app.models import AppointmentStatus
 
@@ -36,7 +37,9 @@ async def book(
     key: IdempotencyKeyHeader,
     session: WriteSession,
     rules: Rules,
+    limiter: Limiter,
 ) -> JSONResponse:
+    await limiter.enforce(limiter.policies.booking_per_user, str(principal.user_id))
     return await run_idempotent(
         session,
         IdempotentCall.of(request, principal.user_id, key, data),

@@ -12,6 +12,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from app.kit.errors import Forbidden, Unauthorized
 from app.kit.logging import user_id_var
+from app.kit.rate_limit import Limiter
 from app.kit.security import InvalidToken, Passwords, Tokens
 from app.models import Role
 
@@ -37,6 +38,7 @@ def get_passwords(request: Request) -> Passwords:
 async def current_principal(
     tokens: Annotated[Tokens, Depends(get_tokens)],
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    limiter: Limiter,
 ) -> Principal:
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise Unauthorized("A bearer access token is required.")
@@ -46,6 +48,7 @@ async def current_principal(
     except (InvalidToken, ValueError) as exc:
         raise Unauthorized("The access token is invalid or expired.") from exc
     user_id_var.set(str(claims.user_id))
+    await limiter.enforce(limiter.policies.per_user, str(claims.user_id))
     return Principal(user_id=claims.user_id, role=role)
 
 

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from fastapi import APIRouter, status
+from fastapi import APIRouter, Request, status
 
 from app.auth import service
 from app.auth.dependencies import AdminPrincipal, CurrentPrincipal, Passwords_, Tokens_
@@ -14,20 +14,36 @@ from app.auth.schemas import (
     UserOut,
 )
 from app.kit.db import PrimaryReadSession, WriteSession
+from app.kit.rate_limit import Limiter, client_ip
 
 router = APIRouter(tags=["auth"])
 
 
 @router.post("/v1/auth/register", status_code=status.HTTP_201_CREATED, response_model=UserOut)
-async def register(data: RegisterIn, session: WriteSession, passwords: Passwords_) -> UserOut:
+async def register(
+    request: Request,
+    data: RegisterIn,
+    session: WriteSession,
+    passwords: Passwords_,
+    limiter: Limiter,
+) -> UserOut:
+    await limiter.enforce(limiter.policies.register_per_ip, client_ip(request))
     user = await service.register_patient(session, passwords, data)
     return UserOut.model_validate(user)
 
 
 @router.post("/v1/auth/token", response_model=TokenPair)
 async def token(
-    data: TokenIn, session: WriteSession, passwords: Passwords_, tokens: Tokens_
+    request: Request,
+    data: TokenIn,
+    session: WriteSession,
+    passwords: Passwords_,
+    tokens: Tokens_,
+    limiter: Limiter,
 ) -> TokenPair:
+    # Per email against password guessing, per address against spraying many accounts.
+    await limiter.enforce(limiter.policies.login_per_email, data.email.lower())
+    await limiter.enforce(limiter.policies.login_per_ip, client_ip(request))
     return await service.login(session, passwords, tokens, data)
 
 

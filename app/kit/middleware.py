@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import re
 import time
 import uuid
@@ -12,6 +13,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.kit.errors import problem_response
 from app.kit.logging import request_id_var
+from app.kit.rate_limit import RateLimiter
 
 logger = logging.getLogger("carebook.errors")
 access_logger = logging.getLogger("carebook.access")
@@ -107,3 +109,42 @@ class RequestContextMiddleware:
             return message
 
         return bounded_receive
+
+
+class RateLimitMiddleware:
+    """The per-client-IP budget, checked before routing; probes and metrics are exempt."""
+
+    _EXEMPT = ("/health/", "/metrics")
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"].startswith(self._EXEMPT):
+            await self.app(scope, receive, send)
+            return
+        limiter: RateLimiter = scope["app"].state.rate_limiter
+        client = scope.get("client")
+        decision = await limiter.check(limiter.policies.per_ip, client[0] if client else "unknown")
+        headers = [(k.lower().encode(), v.encode()) for k, v in decision.headers().items()]
+        if not decision.allowed:
+            response = problem_response(
+                429,
+                "rate_limited",
+                title="Too many requests",
+                detail="Too many requests from this address; retry after the given seconds.",
+                headers={
+                    "Retry-After": str(max(1, math.ceil(decision.retry_after_ms / 1000))),
+                    **decision.headers(),
+                },
+                request_id=scope.get("state", {}).get("request_id"),
+            )
+            await response(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), *headers]
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
