@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, status
@@ -10,7 +11,7 @@ from app.appointments import service
 from app.appointments.schemas import AppointmentOut, BookIn, CancelIn, Order, RescheduleIn
 from app.auth.dependencies import CurrentPrincipal
 from app.availability.endpoints import Rules
-from app.kit.db import PrimaryReadSession, WriteSession
+from app.kit.db import PrimaryReadSession, ReadSession, WriteSession
 from app.kit.idempotency import IdempotencyKeyHeader, IdempotentCall, run_idempotent
 from app.kit.pagination import Page, Pagination
 from app.kit.rate_limit import Limiter
@@ -51,15 +52,19 @@ async def book(
 @router.get("/v1/appointments", response_model=Page[AppointmentOut])
 async def list_appointments(
     principal: CurrentPrincipal,
-    session: PrimaryReadSession,
+    primary: PrimaryReadSession,
+    replica: ReadSession,
     page: Pagination,
     status_: Annotated[list[AppointmentStatus] | None, Query(alias="status")] = None,
     from_: Annotated[Instant | None, Query(alias="from", description="Starts at or after")] = None,
     to: Annotated[Instant | None, Query(description="Starts before")] = None,
     order: Order = Order.ASC,
 ) -> Page[AppointmentOut]:
+    # History tolerates replica lag; anything that may still change reads the primary.
+    # (A session that is never used never takes a connection.)
+    past_only = to is not None and to <= datetime.now(UTC)
     items, cursor = await service.list_appointments(
-        session,
+        replica if past_only else primary,
         principal,
         page,
         statuses=status_ or [],

@@ -18,6 +18,7 @@ from app.kit.rate_limit import RateLimiter
 logger = logging.getLogger("carebook.errors")
 access_logger = logging.getLogger("carebook.access")
 
+_DEFAULT_CACHE_CONTROL = {True: b"private, no-store", False: b"no-store"}
 _VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
@@ -35,6 +36,7 @@ class RequestContextMiddleware:
             return
 
         headers = dict(scope.get("headers") or [])
+        authorized = b"authorization" in headers
         incoming = headers.get(b"x-request-id", b"").decode("latin-1")
         request_id = incoming if _VALID_REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = request_id
@@ -48,11 +50,12 @@ class RequestContextMiddleware:
             if message["type"] == "http.response.start":
                 started = True
                 status = message["status"]
-                message.setdefault("headers", [])
-                message["headers"] = [
-                    *message["headers"],
-                    (b"x-request-id", request_id.encode("latin-1")),
-                ]
+                extra = [(b"x-request-id", request_id.encode("latin-1"))]
+                if not any(n.lower() == b"cache-control" for n, _ in message.get("headers", [])):
+                    # Nothing is cacheable unless its route says so; what a bearer token
+                    # fetched is never for shared caches.
+                    extra.append((b"cache-control", _DEFAULT_CACHE_CONTROL[authorized]))
+                message["headers"] = [*message.get("headers", []), *extra]
             await send(message)
 
         try:
