@@ -189,7 +189,7 @@ class Cache:
         redis = self.redis
         assert redis is not None
         lock_key = f"{full_key}:lock"
-        locked = await self._call(lambda: redis.set(lock_key, b"1", nx=True, px=5000))
+        locked = await self._call(lambda: self._try_lock(lock_key))
         if locked is False:
             # Another process is computing this very key: wait briefly for its result.
             deadline = time.monotonic() + _LOCK_WAIT_SECONDS
@@ -201,6 +201,12 @@ class Cache:
         value = await compute()
         await self._call(lambda: self._store(full_key, lock_key, value, ttl_seconds))
         return value
+
+    async def _try_lock(self, lock_key: str) -> bool:
+        assert self.redis is not None
+        # SET NX answers nil (None) when the key exists: make that an explicit False, since
+        # None from _call means "Redis failed".
+        return bool(await self.redis.set(lock_key, b"1", nx=True, px=5000))
 
     async def _store(self, full_key: str, lock_key: str, value: bytes, ttl_seconds: int) -> None:
         assert self.redis is not None

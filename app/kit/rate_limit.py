@@ -8,6 +8,7 @@ limits get per-process instead of switching off.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections import OrderedDict
@@ -34,10 +35,12 @@ if allow_at > now then
   return {0, allow_at - now, tat - now}
 end
 local new_tat = tat + interval
-redis.call('SET', KEYS[1], new_tat, 'PX', new_tat - now + 1000)
+redis.call('SET', KEYS[1], new_tat, 'PX', math.ceil(new_tat - now) + 1000)
 return {1, math.floor((now - (new_tat - interval * burst)) / interval), new_tat - now}
 """
 _LOCAL_KEYS = 50_000
+
+logger = logging.getLogger("carebook.rate_limit")
 
 
 @dataclass(frozen=True)
@@ -159,8 +162,12 @@ class RateLimiter:
             allowed, value, reset = await self._script(
                 keys=[key], args=[policy.interval_ms, policy.burst]
             )
-        except (RedisError, OSError, TimeoutError):
+        except (RedisError, OSError, TimeoutError) as exc:
             self.circuit.failed()
+            logger.warning(
+                "rate limiter: redis failed, limiting per process",
+                extra={"policy": policy.name, "error": type(exc).__name__, "detail": str(exc)},
+            )
             return None
         self.circuit.succeeded()
         if allowed:
