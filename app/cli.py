@@ -124,6 +124,9 @@ def serve(
             http="httptools",
             log_config=None,
             timeout_graceful_shutdown=20,
+            # The client address (rate limits) comes from X-Forwarded-For only via these.
+            proxy_headers=True,
+            forwarded_allow_ips=settings.forwarded_allow_ips,
         )
 
 

@@ -20,6 +20,7 @@ from app.kit.db import Database
 from app.kit.errors import install_error_handlers
 from app.kit.events import EventBus
 from app.kit.logging import configure_logging
+from app.kit.metrics import router as metrics_router
 from app.kit.middleware import RateLimitMiddleware, RequestContextMiddleware
 from app.kit.rate_limit import Policies, RateLimiter
 from app.kit.redis import create_redis
@@ -40,7 +41,7 @@ def _lifespan(settings: Settings) -> Callable[[FastAPI], AbstractAsyncContextMan
             )
         app.state.settings = settings
         app.state.redis = create_redis(settings.redis_url, settings) if settings.redis_url else None
-        app.state.cache = Cache(app.state.redis)
+        app.state.cache = Cache(app.state.redis if settings.cache_enabled else None)
         app.state.rate_limiter = RateLimiter(
             app.state.redis,
             app.state.cache.circuit,  # one Redis, one view of whether it is reachable
@@ -88,6 +89,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)
     app.include_router(health_router)
     for router in (
+        metrics_router,
         auth_router,
         catalog_router,
         schedules_router,

@@ -41,7 +41,8 @@ class Settings(BaseSettings):
     db_lock_timeout_ms: int = Field(default=2000, ge=0)
     db_application_name: str = "carebook"
 
-    # Redis client.
+    # Redis client and response cache.
+    cache_enabled: bool = True  # off: every read computes from PostgreSQL (benchmarks)
     redis_socket_timeout_seconds: float = Field(default=0.25, gt=0)
     redis_max_connections: int = Field(default=50, ge=1)
 

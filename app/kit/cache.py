@@ -27,6 +27,8 @@ from fastapi import Depends, Request
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from app.kit.metrics import CACHE_REQUESTS
+
 logger = logging.getLogger("carebook.cache")
 
 T = TypeVar("T")
@@ -78,9 +80,11 @@ class CacheStats:
 
     def hit(self, name: str) -> None:
         self.hits[name] = self.hits.get(name, 0) + 1
+        CACHE_REQUESTS.labels(name, "hit").inc()
 
     def miss(self, name: str) -> None:
         self.misses[name] = self.misses.get(name, 0) + 1
+        CACHE_REQUESTS.labels(name, "miss").inc()
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from redis.exceptions import RedisError
 
 from app.kit.cache import RedisCircuit
 from app.kit.errors import RateLimited
+from app.kit.metrics import RATE_LIMIT_REJECTIONS
 from app.settings import Settings
 
 _GCRA = """
@@ -153,6 +154,7 @@ class RateLimiter:
             decision = self.local.check(policy, full_key)
         if not decision.allowed:
             self.rejections[policy.name] = self.rejections.get(policy.name, 0) + 1
+            RATE_LIMIT_REJECTIONS.labels(policy.name).inc()
         return decision
 
     async def _redis_check(self, policy: Policy, key: str) -> Decision | None:
