@@ -34,8 +34,11 @@ logger = logging.getLogger("carebook.cache")
 T = TypeVar("T")
 
 _PREFIX = "cb:v1"
+# Part of every key, with the scope's version: bumped after an outage in which a version bump
+# may have been lost, it makes everything cached before the outage unreachable at once.
+GENERATION_KEY = f"{_PREFIX}:generation"
 _LOOKUP = """
-local version = redis.call('GET', KEYS[1]) or '0'
+local version = (redis.call('GET', KEYS[2]) or '0') .. '.' .. (redis.call('GET', KEYS[1]) or '0')
 return {version, redis.call('GET', ARGV[1] .. version .. ARGV[2])}
 """
 _LOCK_WAIT_SECONDS = 1.0
@@ -51,6 +54,7 @@ class RedisCircuit:
         self.cooldown = cooldown
         self._failures = 0
         self._opened_at: float | None = None
+        self.outages = 0  # times the circuit opened
 
     @property
     def is_open(self) -> bool:
@@ -70,6 +74,7 @@ class RedisCircuit:
         if self._failures >= self.threshold:
             if self._opened_at is None:
                 logger.warning("redis circuit opened: serving without Redis")
+                self.outages += 1
             self._opened_at = time.monotonic()
 
 
@@ -117,9 +122,11 @@ class Cache:
         self.stats = CacheStats()
         self._lookup = redis.register_script(_LOOKUP) if redis is not None else None
         self._in_flight: dict[str, asyncio.Future[bytes]] = {}
-        # Bumps that failed while Redis was unreachable, retried once it answers again, so a
-        # value cached before the outage is not served after it.
-        self._missed_bumps: set[Scope] = set()
+        # Set when this process may have missed a version bump (a bump failed, or Redis was
+        # unreachable long enough to open the circuit, so other processes may have failed
+        # theirs): the first successful contact afterwards bumps the generation.
+        self._suspect_stale = False
+        self._outages_seen = self.circuit.outages
 
     @property
     def available(self) -> bool:
@@ -129,9 +136,7 @@ class Cache:
         if not self.available:
             return None
         try:
-            if self._missed_bumps:
-                await self._incr(self._missed_bumps)
-                self._missed_bumps.clear()
+            await self._recover_if_needed()
             result = await operation()
         except (RedisError, OSError, TimeoutError) as exc:
             self.circuit.failed()
@@ -166,7 +171,18 @@ class Cache:
 
     async def _lookup_script(self, scope: Scope, prefix: str, suffix: str) -> Any:
         assert self._lookup is not None
-        return await self._lookup(keys=[scope.version_key], args=[prefix, suffix])
+        return await self._lookup(keys=[scope.version_key, GENERATION_KEY], args=[prefix, suffix])
+
+    async def _recover_if_needed(self) -> None:
+        if self.circuit.outages != self._outages_seen:
+            self._outages_seen = self.circuit.outages
+            self._suspect_stale = True
+        if not self._suspect_stale:
+            return
+        assert self.redis is not None
+        await self.redis.incr(GENERATION_KEY)
+        self._suspect_stale = False
+        logger.warning("redis is back: cache generation bumped, earlier values are unreachable")
 
     async def _single_flight(self, key: str, compute: Callable[[], Awaitable[bytes]]) -> bytes:
         pending = self._in_flight.get(key)
@@ -219,30 +235,33 @@ class Cache:
             pipe.delete(lock_key)
             await pipe.execute()
 
-    async def _incr(self, scopes: set[Scope]) -> None:
-        assert self.redis is not None
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for scope in scopes:
-                pipe.incr(scope.version_key)
-                # Versions outlive every value that embeds them (values live minutes).
-                pipe.expire(scope.version_key, 7 * 24 * 3600)
-            await pipe.execute()
-
     async def bump(self, *scopes: Scope) -> None:
         """Move scopes to a new version: every key computed from them is unreachable at once."""
         if not scopes or self.redis is None:
             return
+        redis = self.redis
+
+        async def incr() -> None:
+            await self._recover_if_needed()
+            async with redis.pipeline(transaction=False) as pipe:
+                for scope in scopes:
+                    pipe.incr(scope.version_key)
+                    # Versions outlive every value that embeds them (values live minutes).
+                    pipe.expire(scope.version_key, 7 * 24 * 3600)
+                await pipe.execute()
+
         # Attempted even with the circuit open: a missed bump is a stale value later.
         try:
-            await self._incr({*scopes, *self._missed_bumps})
-            self._missed_bumps.clear()
+            await incr()
         except (RedisError, OSError, TimeoutError) as exc:
             self.circuit.failed()
-            self._missed_bumps.update(scopes)
+            self._suspect_stale = True
             logger.warning(
-                "cache version bump failed; retried when Redis answers, values expire by TTL",
+                "cache version bump failed; the generation is bumped when Redis answers",
                 extra={"scopes": sorted(s.name for s in scopes), "error": type(exc).__name__},
             )
+        else:
+            self.circuit.succeeded()
 
     async def on_event(self, topic: str, payload: dict[str, Any]) -> None:
         """Invalidation policy: which committed events make which cached values stale."""

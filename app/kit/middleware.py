@@ -147,7 +147,10 @@ class RateLimitMiddleware:
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), *headers]
+                existing = message.get("headers", [])
+                # A narrower policy (user, login, booking) that refused speaks for itself.
+                if not any(name.lower().startswith(b"ratelimit-") for name, _ in existing):
+                    message["headers"] = [*existing, *headers]
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
