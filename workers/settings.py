@@ -5,41 +5,61 @@ ARQ runs a job at least once, so every job takes ids, re-reads its rows and is s
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from typing import Any
 
 from arq import cron
 from arq.connections import RedisSettings
 
 from app.auth.tasks import purge_refresh_tokens
+from app.kit.cache import Cache
 from app.kit.db import Database
 from app.settings import Settings, get_settings
+from workers.events import expire_idempotency_keys, handle_event, sweep_outbox
+from workers.outbox import OutboxRelay
 
 
-def _startup_for(settings: Settings) -> Any:
+def _startup_for(settings: Settings, *, relay: bool) -> Any:
     async def startup(ctx: dict[str, Any]) -> None:
         if settings.database_url is None:
             raise RuntimeError("the worker needs CAREBOOK_DATABASE_URL")
         ctx["settings"] = settings
         ctx["database"] = Database.connect(settings, settings.database_url)
+        ctx["cache"] = Cache(ctx["redis"])  # ARQ's own connection is a redis.asyncio client
+        if relay:
+            outbox_relay = OutboxRelay(ctx["database"], ctx["redis"])
+            ctx["relay_task"] = asyncio.create_task(outbox_relay.run(), name="outbox-relay")
 
     return startup
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
+    task: asyncio.Task[None] | None = ctx.get("relay_task")
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
     database: Database | None = ctx.get("database")
     if database is not None:
         await database.dispose()
 
 
-def worker_options(settings: Settings) -> dict[str, Any]:
-    """Keyword arguments for `arq.Worker`, shared by `carebook worker` and the in-process runner."""
+def worker_options(settings: Settings, *, relay: bool = True) -> dict[str, Any]:
+    """Keyword arguments for `arq.Worker`, shared by `carebook worker` and the in-process runner.
+
+    Every worker also runs an outbox relay; several relays cooperate (SKIP LOCKED)."""
     if settings.redis_url is None:
         raise RuntimeError("the worker needs CAREBOOK_REDIS_URL")
     return {
-        "functions": [purge_refresh_tokens],
-        "cron_jobs": [cron(purge_refresh_tokens, hour={3}, minute={17}, run_at_startup=False)],
+        "functions": [handle_event, purge_refresh_tokens, sweep_outbox, expire_idempotency_keys],
+        "cron_jobs": [
+            cron(sweep_outbox, second={7}, run_at_startup=True),
+            cron(expire_idempotency_keys, minute={23}),
+            cron(purge_refresh_tokens, hour={3}, minute={17}),
+        ],
         "redis_settings": RedisSettings.from_dsn(settings.redis_url),
-        "on_startup": _startup_for(settings),
+        "on_startup": _startup_for(settings, relay=relay),
         "on_shutdown": shutdown,
         # Kubernetes' liveness probe reads this key; ARQ's default refreshes it only hourly.
         "health_check_interval": settings.worker_health_check_interval_seconds,

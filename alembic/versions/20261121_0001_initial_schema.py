@@ -44,10 +44,12 @@ def upgrade() -> None:
     sa.Column('payload', postgresql.JSONB(astext_type=sa.Text()), nullable=False),
     sa.Column('created_at', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
     sa.Column('published_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('processed_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('attempts', sa.Integer(), server_default='0', nullable=False),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_outbox'))
     )
-    op.create_index('ix_outbox_published_at', 'outbox', ['published_at'], unique=False, postgresql_where='published_at IS NOT NULL')
+    op.create_index('ix_outbox_unprocessed', 'outbox', ['published_at'], unique=False, postgresql_where='published_at IS NOT NULL AND processed_at IS NULL')
+    op.create_index('ix_outbox_processed_at', 'outbox', ['processed_at'], unique=False, postgresql_where='processed_at IS NOT NULL')
     op.create_index('ix_outbox_unpublished', 'outbox', ['id'], unique=False, postgresql_where='published_at IS NULL')
     op.create_table('specialties',
     sa.Column('id', sa.UUID(), nullable=False),
@@ -271,7 +273,8 @@ def downgrade() -> None:
     op.drop_index('uq_specialties_name_lower', table_name='specialties')
     op.drop_table('specialties')
     op.drop_index('ix_outbox_unpublished', table_name='outbox', postgresql_where='published_at IS NULL')
-    op.drop_index('ix_outbox_published_at', table_name='outbox', postgresql_where='published_at IS NOT NULL')
+    op.drop_index('ix_outbox_unprocessed', table_name='outbox', postgresql_where='published_at IS NOT NULL AND processed_at IS NULL')
+    op.drop_index('ix_outbox_processed_at', table_name='outbox', postgresql_where='processed_at IS NOT NULL')
     op.drop_table('outbox')
     op.drop_table('clinics')
     op.drop_index('ix_audit_log_entity_entity_id_at', table_name='audit_log')

@@ -7,11 +7,14 @@ events reach this process's subscribers (cache invalidation) right after the com
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.kit.db import after_commit, event_bus_of
+from app.kit.db import AnyRow, after_commit, event_bus_of
 from app.models import OutboxEvent
 
 
@@ -35,3 +38,75 @@ async def emit_many(session: AsyncSession, events: list[tuple[str, dict[str, Any
     session.add_all(OutboxEvent(topic=topic, payload=payload) for topic, payload in events)
     await session.flush()
     _announce(session, events)
+
+
+# --- The relay's side of the table ---------------------------------------------------------
+
+_CLAIM = text(
+    """
+    SELECT id, topic, attempts FROM outbox
+    WHERE published_at IS NULL
+    ORDER BY id
+    LIMIT :limit
+    FOR UPDATE SKIP LOCKED
+    """
+)
+_MARK_PUBLISHED = text(
+    "UPDATE outbox SET published_at = now(), attempts = attempts + 1 WHERE id = ANY(:ids)"
+)
+_LOAD = text("SELECT id, topic, payload, processed_at FROM outbox WHERE id = :id")
+_MARK_PROCESSED = text(
+    "UPDATE outbox SET processed_at = now() WHERE id = :id AND processed_at IS NULL"
+)
+_REPUBLISH_LOST = text(
+    """
+    UPDATE outbox SET published_at = NULL
+    WHERE published_at < :cutoff AND processed_at IS NULL AND attempts < :max_attempts
+    """
+)
+_DEAD_LETTERS = text(
+    "SELECT count(*) FROM outbox WHERE processed_at IS NULL AND attempts >= :max_attempts"
+)
+_DELETE_PROCESSED = text("DELETE FROM outbox WHERE processed_at < :cutoff")
+_BACKLOG = text(
+    "SELECT count(*) AS backlog, min(created_at) AS oldest FROM outbox WHERE processed_at IS NULL"
+)
+
+
+async def claim_unpublished(session: AsyncSession, limit: int) -> Sequence[AnyRow]:
+    """Lock a batch of unpublished events; concurrent relays skip each other's rows."""
+    return (await session.execute(_CLAIM, {"limit": limit})).all()
+
+
+async def mark_published(session: AsyncSession, ids: Sequence[int]) -> None:
+    await session.execute(_MARK_PUBLISHED, {"ids": list(ids)})
+
+
+async def load_event(session: AsyncSession, event_id: int) -> AnyRow | None:
+    return (await session.execute(_LOAD, {"id": event_id})).one_or_none()
+
+
+async def mark_processed(session: AsyncSession, event_id: int) -> None:
+    await session.execute(_MARK_PROCESSED, {"id": event_id})
+
+
+async def republish_lost(session: AsyncSession, older_than: datetime, max_attempts: int) -> int:
+    """Hand events over again whose job never finished (lost with Redis, or crashed)."""
+    result = await session.execute(
+        _REPUBLISH_LOST, {"cutoff": older_than, "max_attempts": max_attempts}
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+async def count_dead_letters(session: AsyncSession, max_attempts: int) -> int:
+    """Events given up on after `max_attempts` deliveries: kept, counted, alerted on."""
+    return int(await session.scalar(_DEAD_LETTERS, {"max_attempts": max_attempts}) or 0)
+
+
+async def delete_processed(session: AsyncSession, older_than: datetime) -> int:
+    result = await session.execute(_DELETE_PROCESSED, {"cutoff": older_than})
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+async def backlog(session: AsyncSession) -> AnyRow:
+    return (await session.execute(_BACKLOG)).one()

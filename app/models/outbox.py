@@ -17,8 +17,14 @@ class OutboxEvent(Base):
     __table_args__ = (
         # The relay's claim query reads only unpublished rows, oldest first.
         Index("ix_outbox_unpublished", "id", postgresql_where="published_at IS NULL"),
+        # The sweeper looks for events handed to the queue but never processed.
         Index(
-            "ix_outbox_published_at", "published_at", postgresql_where="published_at IS NOT NULL"
+            "ix_outbox_unprocessed",
+            "published_at",
+            postgresql_where="published_at IS NOT NULL AND processed_at IS NULL",
+        ),
+        Index(
+            "ix_outbox_processed_at", "processed_at", postgresql_where="processed_at IS NOT NULL"
         ),
     )
 
@@ -27,4 +33,7 @@ class OutboxEvent(Base):
     payload: Mapped[dict[str, Any]] = mapped_column(JSONB)
     created_at: Mapped[datetime] = created_at_column()
     published_at: Mapped[datetime | None]
+    # Set by the job that handled it; published but unprocessed for long means the job was
+    # lost (ARQ keeps jobs only in Redis), and the sweeper hands the event over again.
+    processed_at: Mapped[datetime | None]
     attempts: Mapped[int] = mapped_column(Integer, server_default="0")

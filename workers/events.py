@@ -1,0 +1,78 @@
+"""The job that handles one outbox event, and the table of who handles which topic.
+
+ARQ runs a job at least once: the job re-reads its event, skips it when it was already
+processed, and every handler is idempotent.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from app.kit import outbox
+from app.kit.cache import INVALIDATING_TOPICS, Cache
+from app.kit.db import Database
+from app.kit.idempotency import expire_keys
+
+logger = logging.getLogger("carebook.worker")
+
+Handler = Callable[[dict[str, Any], str, dict[str, Any]], Awaitable[None]]
+
+# A delivery is considered lost when its job has not finished this long after publishing.
+LOST_AFTER = timedelta(minutes=5)
+MAX_ATTEMPTS = 10
+KEEP_PROCESSED = timedelta(days=7)
+
+
+async def invalidate_cache(ctx: dict[str, Any], topic: str, payload: dict[str, Any]) -> None:
+    """Bump cache versions from the durable event: the API processes bumped them already at
+    commit, but a bump lost to a Redis outage is repeated here once Redis is back."""
+    cache: Cache = ctx["cache"]
+    await cache.on_event(topic, payload)
+
+
+HANDLERS: list[tuple[tuple[str, ...], Handler]] = [
+    (INVALIDATING_TOPICS, invalidate_cache),
+]
+
+
+async def handle_event(ctx: dict[str, Any], event_id: int) -> str:
+    database: Database = ctx["database"]
+    async with database.reading(primary=True) as session:
+        event = await outbox.load_event(session, event_id)
+    if event is None:
+        return "gone"
+    if event.processed_at is not None:
+        return "already processed"
+    for topics, handler in HANDLERS:
+        if event.topic.startswith(topics):
+            await handler(ctx, event.topic, event.payload)
+    async with database.unit_of_work() as session:
+        await outbox.mark_processed(session, event_id)
+    return "processed"
+
+
+async def sweep_outbox(ctx: dict[str, Any]) -> dict[str, int]:
+    """Cron: hand lost deliveries over again, count dead letters, drop old processed rows."""
+    database: Database = ctx["database"]
+    now = datetime.now(UTC)
+    async with database.unit_of_work() as session:
+        republished = await outbox.republish_lost(session, now - LOST_AFTER, MAX_ATTEMPTS)
+        dead = await outbox.count_dead_letters(session, MAX_ATTEMPTS)
+        deleted = await outbox.delete_processed(session, now - KEEP_PROCESSED)
+    if dead:
+        logger.error(
+            "outbox events given up on after %d deliveries",
+            MAX_ATTEMPTS,
+            extra={"dead_letters": dead},
+        )
+    return {"republished": republished, "dead_letters": dead, "deleted": deleted}
+
+
+async def expire_idempotency_keys(ctx: dict[str, Any]) -> int:
+    """Cron: idempotency keys live 24 hours."""
+    database: Database = ctx["database"]
+    async with database.unit_of_work() as session:
+        return await expire_keys(session)
