@@ -78,6 +78,28 @@ class Settings(BaseSettings):
     run_worker_in_process: bool = False
     worker_health_check_interval_seconds: int = Field(default=30, ge=1)
 
+    # Third-party services (VideoSDK, FCM): disabled while their base URL is unset.
+    videosdk_base_url: str | None = None  # e.g. https://api.videosdk.live
+    videosdk_token: SecretStr | None = None  # management token, sent as `Authorization`
+    videosdk_join_url_template: str = Field(
+        default="https://app.videosdk.live/meeting/{room_id}", pattern=r"\{room_id\}"
+    )
+    fcm_base_url: str | None = None  # e.g. https://fcm.googleapis.com
+    fcm_project_id: str | None = None
+    fcm_access_token: SecretStr | None = None  # OAuth2 bearer token for FCM HTTP v1
+    # Every outgoing call (audit F8, F13): timeouts, retries, circuit breaker, bulkhead.
+    http_connect_timeout_seconds: float = Field(default=2.0, gt=0, le=60)
+    http_read_timeout_seconds: float = Field(default=5.0, gt=0, le=120)
+    http_write_timeout_seconds: float = Field(default=5.0, gt=0, le=120)
+    http_pool_timeout_seconds: float = Field(default=2.0, gt=0, le=60)
+    http_retry_attempts: int = Field(default=4, ge=1, le=10)  # attempts in all, first included
+    http_retry_base_seconds: float = Field(default=0.2, gt=0, le=10)
+    http_retry_max_seconds: float = Field(default=5.0, gt=0, le=60)  # caps backoff, Retry-After
+    breaker_fail_max: int = Field(default=5, ge=1, le=100)
+    breaker_reset_seconds: float = Field(default=30.0, gt=0, le=3600)
+    bulkhead_limit: int = Field(default=10, ge=1, le=1000)  # concurrent calls per service
+    bulkhead_wait_seconds: float = Field(default=1.0, ge=0, le=60)
+
     # Logging.
     log_level: str = "INFO"
     log_json: bool = True
