@@ -11,14 +11,14 @@ from app.availability import service
 from app.availability.schemas import AvailabilitySearch, ProviderAvailability
 from app.availability.service import BookingRules
 from app.kit.cache import CacheDep
-from app.kit.db import PrimaryReadSession
+from app.kit.db import Database, PrimaryReadSession, get_database
 from app.kit.http_cache import PUBLIC_REVALIDATE, conditional_bytes
 from app.kit.pagination import Pagination
 
 router = APIRouter(tags=["availability"])
 
 
-def booking_rules(request: Request) -> BookingRules:
+async def booking_rules(request: Request) -> BookingRules:
     return BookingRules.from_settings(request.app.state.settings)
 
 
@@ -30,13 +30,14 @@ Rules = Annotated[BookingRules, Depends(booking_rules)]
 async def provider_availability(
     request: Request,
     provider_id: uuid.UUID,
-    session: PrimaryReadSession,
+    database: Annotated[Database, Depends(get_database)],
     cache: CacheDep,
     rules: Rules,
     from_: Annotated[date, Query(alias="from", description="First local date, inclusive")],
     to: Annotated[date, Query(description="Last local date, inclusive")],
 ) -> Response:
-    body = await service.provider_availability_json(session, cache, rules, provider_id, from_, to)
+    # No session up front: a cache hit needs none.
+    body = await service.provider_availability_json(database, cache, rules, provider_id, from_, to)
     return conditional_bytes(request, body, cache_control=PUBLIC_REVALIDATE)
 
 

@@ -13,6 +13,7 @@ from app.availability.repository import Window
 from app.availability.schemas import AvailabilitySearch, ProviderAvailability, ProviderSlots, Slot
 from app.catalog.schemas import ClinicSummary, ProviderSummary
 from app.kit.cache import Cache, provider_scope
+from app.kit.db import Database
 from app.kit.errors import NotFound, RangeTooLarge, ValidationFailed
 from app.kit.pagination import PageParams, build_page, decode_cursor, parse_uuid
 from app.kit.schemas import to_local_iso
@@ -63,7 +64,7 @@ def _check_range(from_date: date, to_date: date) -> None:
 
 
 async def provider_availability_json(
-    session: AsyncSession,
+    database: Database,
     cache: Cache,
     rules: BookingRules,
     provider_id: uuid.UUID,
@@ -75,7 +76,11 @@ async def provider_availability_json(
     now = rules.now()
 
     async def compute() -> bytes:
-        result = await provider_availability(session, rules, provider_id, from_date, to_date, now)
+        # Availability reads the primary: a replica's lag would offer a slot just taken.
+        async with database.reading(primary=True) as session:
+            result = await provider_availability(
+                session, rules, provider_id, from_date, to_date, now
+            )
         return orjson.dumps(result.model_dump(mode="json"))
 
     return await cache.get_or_compute(

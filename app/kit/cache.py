@@ -110,7 +110,7 @@ def provider_scope(provider_id: object) -> Scope:
     return Scope(f"provider:{provider_id}")
 
 
-def get_cache(request: Request) -> Cache:
+async def get_cache(request: Request) -> Cache:
     cache: Cache = request.app.state.cache
     return cache
 

@@ -169,7 +169,9 @@ async def _run_after_commit(session: AsyncSession) -> None:
             logger.exception("after-commit callback failed")
 
 
-def get_database(request: Request) -> Database:
+# Dependencies are `async def` even when they only read app.state: FastAPI runs plain `def`
+# dependencies in a thread pool, which cost a quarter of the CPU of a cache hit.
+async def get_database(request: Request) -> Database:
     database: Database = request.app.state.database
     return database
 

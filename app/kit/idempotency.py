@@ -64,7 +64,7 @@ _STORE = text(
 _EXPIRE = text("DELETE FROM idempotency_keys WHERE created_at < :cutoff")
 
 
-def idempotency_key(
+async def idempotency_key(
     key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
 ) -> str:
     if key is None or not key.strip():

@@ -22,6 +22,6 @@ def create_redis(url: str, settings: Settings) -> Redis:
     return client
 
 
-def get_redis(request: Request) -> Redis | None:
+async def get_redis(request: Request) -> Redis | None:
     client: Any = getattr(request.app.state, "redis", None)
     return client if isinstance(client, Redis) else None

@@ -1,0 +1,1 @@
+"""Carebook's load runner: a small HTTP load generator, scenarios, baselines and the report."""
