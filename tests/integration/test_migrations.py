@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -21,38 +21,19 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from app.kit.db import async_url
 from app.kit.migrations import alembic_config, downgrade, upgrade
 from app.models import Base
 
 if TYPE_CHECKING:
     from tests.fixtures.servers import TestServers
+from tests.fixtures.servers import fresh_database as shared_fresh_database
 
 PROVIDER_OVERLAP = "ex_appointments_provider_overlap"
 PATIENT_OVERLAP = "ex_appointments_patient_overlap"
 
 
-@asynccontextmanager
-async def fresh_database(servers: TestServers) -> AsyncIterator[str]:
-    """An empty database of our own on the test server, dropped (forcibly) afterwards."""
-    name = f"carebook_mig_{uuid.uuid4().hex[:12]}"
-    admin = create_async_engine(
-        async_url(servers.server_url), poolclass=pool.NullPool, isolation_level="AUTOCOMMIT"
-    )
-    try:
-        async with admin.connect() as connection:
-            await connection.execute(text(f'CREATE DATABASE "{name}"'))
-        try:
-            yield (
-                async_url(servers.server_url)
-                .set(database=name)
-                .render_as_string(hide_password=False)
-            )
-        finally:
-            async with admin.connect() as connection:
-                await connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    finally:
-        await admin.dispose()
+def fresh_database(servers: TestServers) -> AbstractAsyncContextManager[str]:
+    return shared_fresh_database(servers, "carebook_mig", migrate=False)
 
 
 @pytest.fixture

@@ -12,9 +12,8 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-import uuid
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
@@ -34,8 +33,7 @@ from sqlalchemy.ext.asyncio import (
 
 from app.availability import repository as availability_repository
 from app.availability.repository import Window
-from app.kit.db import async_url, violated_constraint
-from app.kit.migrations import upgrade
+from app.kit.db import violated_constraint
 from app.kit.security import Passwords
 from app.seed.scale import (
     ADMIN_EMAIL,
@@ -51,6 +49,7 @@ from tests.fixtures.app import client_for, make_settings, running_app
 
 if TYPE_CHECKING:
     from tests.fixtures.servers import TestServers
+from tests.fixtures.servers import fresh_database as shared_fresh_database
 
 N = 3_000
 SEED = 7
@@ -67,25 +66,8 @@ WHERE conrelid = 'appointments'::regclass
 """
 
 
-@asynccontextmanager
-async def fresh_database(servers: TestServers) -> AsyncIterator[str]:
-    """An empty database of our own on the test server, migrated to head, dropped afterwards."""
-    name = f"carebook_scale_{uuid.uuid4().hex[:12]}"
-    admin = create_async_engine(
-        async_url(servers.server_url), poolclass=pool.NullPool, isolation_level="AUTOCOMMIT"
-    )
-    try:
-        async with admin.connect() as connection:
-            await connection.execute(text(f'CREATE DATABASE "{name}"'))
-        url = async_url(servers.server_url).set(database=name).render_as_string(hide_password=False)
-        try:
-            await upgrade(url)
-            yield url
-        finally:
-            async with admin.connect() as connection:
-                await connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    finally:
-        await admin.dispose()
+def fresh_database(servers: TestServers) -> AbstractAsyncContextManager[str]:
+    return shared_fresh_database(servers, "carebook_scale", migrate=True)
 
 
 async def _rows(engine: AsyncEngine, sql: str, **params: Any) -> list[Any]:

@@ -13,7 +13,7 @@ import re
 import sys
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,7 +23,6 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import make_url, pool, text
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 
-from app.kit.db import async_url
 from app.kit.migrations import alembic_config, upgrade
 from app.models import Base
 from app.seed import DEMO_PASSWORD
@@ -31,6 +30,7 @@ from tests.fixtures.app import client_for, make_settings, running_app
 
 if TYPE_CHECKING:
     from tests.fixtures.servers import TestServers
+from tests.fixtures.servers import fresh_database as shared_fresh_database
 
 CAREBOOK = Path(sys.executable).parent / "carebook"
 COMMANDS = ["serve", "worker", "migrate", "seed", "create-user"]
@@ -108,27 +108,8 @@ def assert_clean_failure(result: Result, *, code: int | None = None) -> None:
     assert result.stderr.strip(), result.describe()
 
 
-@asynccontextmanager
-async def fresh_database(servers: TestServers) -> AsyncIterator[str]:
-    """An empty database of our own on the test server, dropped (forcibly) afterwards."""
-    name = f"carebook_cli_{uuid.uuid4().hex[:12]}"
-    admin = create_async_engine(
-        async_url(servers.server_url), poolclass=pool.NullPool, isolation_level="AUTOCOMMIT"
-    )
-    try:
-        async with admin.connect() as connection:
-            await connection.execute(text(f'CREATE DATABASE "{name}"'))
-        try:
-            yield (
-                async_url(servers.server_url)
-                .set(database=name)
-                .render_as_string(hide_password=False)
-            )
-        finally:
-            async with admin.connect() as connection:
-                await connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    finally:
-        await admin.dispose()
+def fresh_database(servers: TestServers) -> AbstractAsyncContextManager[str]:
+    return shared_fresh_database(servers, "carebook_cli", migrate=False)
 
 
 @asynccontextmanager
