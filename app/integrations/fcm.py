@@ -12,14 +12,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, Self
+from typing import Any, Literal
 from urllib.parse import quote
 
 from app.kit.resilience import (
     PermanentFailure,
     ResiliencePolicy,
     ResilientClient,
-    ServiceStatus,
+    ServiceAdapter,
     json_or_none,
 )
 from app.settings import Settings
@@ -48,7 +48,7 @@ class SendResult:
         return self.outcome == "remove_token"
 
 
-class Fcm:
+class Fcm(ServiceAdapter):
     """Pushes through FCM HTTP v1. Disabled (`enabled` False) without base URL and project id.
 
     Construct in the lifespan, `await aclose()` on shutdown (or use `async with`).
@@ -72,22 +72,6 @@ class Fcm:
             disabled_reason=reason,
         )
         self._path = f"/v1/projects/{quote(settings.fcm_project_id or '', safe='')}/messages:send"
-
-    @property
-    def enabled(self) -> bool:
-        return self.http.enabled
-
-    def status(self) -> ServiceStatus:
-        return self.http.status()
-
-    async def aclose(self) -> None:
-        await self.http.aclose()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
 
     async def send(
         self, token: str, title: str, body: str, data: Mapping[str, str] | None = None

@@ -8,7 +8,7 @@ response lost to a timeout) never makes a second room.
 from __future__ import annotations
 
 import logging
-from typing import Any, Self
+from typing import Any
 from urllib.parse import quote
 from uuid import UUID
 
@@ -16,7 +16,7 @@ from app.kit.resilience import (
     InvalidResponse,
     ResiliencePolicy,
     ResilientClient,
-    ServiceStatus,
+    ServiceAdapter,
     json_or_none,
 )
 from app.settings import Settings
@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 SERVICE = "videosdk"
 
 
-class VideoSdk:
+class VideoSdk(ServiceAdapter):
     """Rooms on VideoSDK's REST API. Disabled (`enabled` False) while no base URL is set.
 
     Construct in the lifespan, `await aclose()` on shutdown (or use `async with`).
@@ -46,22 +46,6 @@ class VideoSdk:
             disabled_reason="CAREBOOK_VIDEOSDK_BASE_URL is not set",
         )
         self._join_url_template = settings.videosdk_join_url_template
-
-    @property
-    def enabled(self) -> bool:
-        return self.http.enabled
-
-    def status(self) -> ServiceStatus:
-        return self.http.status()
-
-    async def aclose(self) -> None:
-        await self.http.aclose()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
 
     async def create_room(self, appointment_id: UUID | str) -> str:
         """The room id for this appointment, creating the room on the first call."""

@@ -452,3 +452,25 @@ def json_or_none(response: httpx.Response) -> Any:
         return response.json()
     except ValueError:
         return None
+
+
+class ServiceAdapter:
+    """Base of the third-party adapters: one `ResilientClient` each, and its lifecycle."""
+
+    http: ResilientClient
+
+    @property
+    def enabled(self) -> bool:
+        return self.http.enabled
+
+    def status(self) -> ServiceStatus:
+        return self.http.status()
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
