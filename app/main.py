@@ -15,6 +15,8 @@ from app.auth.endpoints import router as auth_router
 from app.availability.endpoints import router as availability_router
 from app.catalog.endpoints import router as catalog_router
 from app.health.endpoints import router as health_router
+from app.integrations.fcm import Fcm
+from app.integrations.videosdk import VideoSdk
 from app.kit.cache import INVALIDATING_TOPICS, Cache
 from app.kit.db import Database
 from app.kit.errors import install_error_handlers
@@ -25,8 +27,10 @@ from app.kit.middleware import RateLimitMiddleware, RequestContextMiddleware
 from app.kit.rate_limit import Policies, RateLimiter
 from app.kit.redis import create_redis
 from app.kit.security import Passwords, Tokens
+from app.notifications.endpoints import router as notifications_router
 from app.schedules.endpoints import router as schedules_router
 from app.settings import Settings, get_settings
+from app.video.endpoints import router as video_router
 
 logger = logging.getLogger("carebook")
 
@@ -54,6 +58,10 @@ def _lifespan(settings: Settings) -> Callable[[FastAPI], AbstractAsyncContextMan
         app.state.database = Database.connect(settings, settings.database_url, events=events)
         app.state.passwords = Passwords(settings)
         app.state.tokens = Tokens(settings)
+        # The API never calls VideoSDK or FCM on a request (the worker does); it holds the
+        # adapters for their configuration: join URLs and what /health/ready reports.
+        app.state.videosdk = VideoSdk(settings)
+        app.state.fcm = Fcm(settings)
         worker_task: asyncio.Task[None] | None = None
         if settings.run_worker_in_process:
             from workers.runner import run_worker
@@ -66,6 +74,8 @@ def _lifespan(settings: Settings) -> Callable[[FastAPI], AbstractAsyncContextMan
                 worker_task.cancel()
                 with suppress(asyncio.CancelledError):
                     await worker_task
+            await app.state.videosdk.aclose()
+            await app.state.fcm.aclose()
             if app.state.redis is not None:
                 await app.state.redis.aclose()
             await app.state.database.dispose()
@@ -95,6 +105,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         schedules_router,
         availability_router,
         appointments_router,
+        video_router,
+        notifications_router,
     ):
         app.include_router(router)
     return app

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Literal
 
 import platformdirs
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEVELOPMENT_JWT_SECRET = "carebook-development-secret-do-not-use-in-production"  # noqa: S105
@@ -77,6 +77,13 @@ class Settings(BaseSettings):
     # Worker.
     run_worker_in_process: bool = False
     worker_health_check_interval_seconds: int = Field(default=30, ge=1)
+    # Jobs that call a third party retry on their own schedule once the HTTP client's quick
+    # retries are spent: exponential from the base, capped, this many runs in all.
+    job_max_tries: int = Field(default=8, ge=1, le=50)
+    job_retry_base_seconds: float = Field(default=10.0, gt=0, le=3600)
+    job_retry_max_seconds: float = Field(default=600.0, gt=0, le=86400)
+    # Reminder pushes, in minutes before the visit (JSON list in the environment).
+    reminder_lead_minutes: list[int] = Field(default=[1440, 60], max_length=5)
 
     # Third-party services (VideoSDK, FCM): disabled while their base URL is unset.
     videosdk_base_url: str | None = None  # e.g. https://api.videosdk.live
@@ -103,6 +110,13 @@ class Settings(BaseSettings):
     # Logging.
     log_level: str = "INFO"
     log_json: bool = True
+
+    @field_validator("reminder_lead_minutes")
+    @classmethod
+    def _distinct_positive_leads(cls, leads: list[int]) -> list[int]:
+        if any(lead <= 0 or lead > 7 * 24 * 60 for lead in leads):
+            raise ValueError("reminder leads are between 1 minute and 7 days")
+        return sorted(set(leads), reverse=True)
 
     @model_validator(mode="after")
     def _refuse_default_secrets(self) -> Settings:

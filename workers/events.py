@@ -15,10 +15,13 @@ from app.kit import outbox
 from app.kit.cache import INVALIDATING_TOPICS, Cache
 from app.kit.db import Database
 from app.kit.idempotency import expire_keys
+from app.kit.outbox import Event
+from app.notifications import tasks as notification_tasks
+from app.video import tasks as video_tasks
 
 logger = logging.getLogger("carebook.worker")
 
-Handler = Callable[[dict[str, Any], str, dict[str, Any]], Awaitable[None]]
+Handler = Callable[[dict[str, Any], Event], Awaitable[None]]
 
 # A delivery is considered lost when its job has not finished this long after publishing.
 LOST_AFTER = timedelta(minutes=5)
@@ -26,15 +29,19 @@ MAX_ATTEMPTS = 10
 KEEP_PROCESSED = timedelta(days=7)
 
 
-async def invalidate_cache(ctx: dict[str, Any], topic: str, payload: dict[str, Any]) -> None:
+async def invalidate_cache(ctx: dict[str, Any], event: Event) -> None:
     """Bump cache versions from the durable event: the API processes bumped them already at
     commit, but a bump lost to a Redis outage is repeated here once Redis is back."""
     cache: Cache = ctx["cache"]
-    await cache.on_event(topic, payload)
+    await cache.on_event(event.topic, event.payload)
 
 
+# Handlers only plan: they write rows and enqueue effect jobs under ids derived from the event,
+# so an event handled twice plans nothing twice, and one slow third party delays no other effect.
 HANDLERS: list[tuple[tuple[str, ...], Handler]] = [
     (INVALIDATING_TOPICS, invalidate_cache),
+    (notification_tasks.APPOINTMENT_TOPICS, notification_tasks.plan_appointment_messages),
+    (video_tasks.APPOINTMENT_TOPICS, video_tasks.plan_video),
 ]
 
 
@@ -48,7 +55,7 @@ async def handle_event(ctx: dict[str, Any], event_id: int) -> str:
         return "already processed"
     for topics, handler in HANDLERS:
         if event.topic.startswith(topics):
-            await handler(ctx, event.topic, event.payload)
+            await handler(ctx, Event(event.id, event.topic, event.payload))
     async with database.unit_of_work() as session:
         await outbox.mark_processed(session, event_id)
     return "processed"

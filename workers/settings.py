@@ -9,13 +9,18 @@ import asyncio
 import contextlib
 from typing import Any
 
-from arq import cron
+from arq import cron, func
 from arq.connections import RedisSettings
 
 from app.auth.tasks import purge_refresh_tokens
+from app.integrations.fcm import Fcm
+from app.integrations.videosdk import VideoSdk
 from app.kit.cache import Cache
 from app.kit.db import Database
+from app.kit.resilience import ServiceAdapter
+from app.notifications.tasks import catch_up_reminders, deliver_notification, send_reminder
 from app.settings import Settings, get_settings
+from app.video.tasks import RECONCILE_EVERY_MINUTES, retry_video_rooms, sync_video_room
 from workers.events import expire_idempotency_keys, handle_event, sweep_outbox
 from workers.outbox import OutboxRelay
 
@@ -27,6 +32,9 @@ def _startup_for(settings: Settings, *, relay: bool) -> Any:
         ctx["settings"] = settings
         ctx["database"] = Database.connect(settings, settings.database_url)
         ctx["cache"] = Cache(ctx["redis"])  # ARQ's own connection is a redis.asyncio client
+        for name, adapter in (("videosdk", VideoSdk(settings)), ("fcm", Fcm(settings))):
+            adapter.publish_breaker_state(ctx["redis"])
+            ctx[name] = adapter
         if relay:
             outbox_relay = OutboxRelay(ctx["database"], ctx["redis"])
             ctx["relay_task"] = asyncio.create_task(outbox_relay.run(), name="outbox-relay")
@@ -40,6 +48,10 @@ async def shutdown(ctx: dict[str, Any]) -> None:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+    for name in ("videosdk", "fcm"):
+        adapter: ServiceAdapter | None = ctx.get(name)
+        if adapter is not None:
+            await adapter.aclose()
     database: Database | None = ctx.get("database")
     if database is not None:
         await database.dispose()
@@ -51,12 +63,29 @@ def worker_options(settings: Settings, *, relay: bool = True) -> dict[str, Any]:
     Every worker also runs an outbox relay; several relays cooperate (SKIP LOCKED)."""
     if settings.redis_url is None:
         raise RuntimeError("the worker needs CAREBOOK_REDIS_URL")
+    # Jobs that call a third party give up (and record it) on their own last try.
+    calling_out = [
+        func(job, max_tries=settings.job_max_tries)
+        for job in (sync_video_room, deliver_notification, send_reminder)
+    ]
+    every_five_minutes = set(range(0, 60, RECONCILE_EVERY_MINUTES))
     return {
-        "functions": [handle_event, purge_refresh_tokens, sweep_outbox, expire_idempotency_keys],
+        "functions": [
+            handle_event,
+            *calling_out,
+            purge_refresh_tokens,
+            sweep_outbox,
+            expire_idempotency_keys,
+            catch_up_reminders,
+            retry_video_rooms,
+        ],
         "cron_jobs": [
             cron(sweep_outbox, second={7}, run_at_startup=True),
             cron(expire_idempotency_keys, minute={23}),
             cron(purge_refresh_tokens, hour={3}, minute={17}),
+            # Both also run at startup: that is when downtime has left work behind.
+            cron(catch_up_reminders, minute=every_five_minutes, second={37}, run_at_startup=True),
+            cron(retry_video_rooms, minute=every_five_minutes, second={47}, run_at_startup=True),
         ],
         "redis_settings": RedisSettings.from_dsn(settings.redis_url),
         "on_startup": _startup_for(settings, relay=relay),

@@ -60,6 +60,11 @@ async def get_view(
     return (await session.execute(query)).one_or_none()
 
 
+async def get_view_for_job(session: AsyncSession, appointment_id: uuid.UUID) -> AnyRow | None:
+    """The appointment with its summaries, whoever may see it: jobs act for the system."""
+    return (await session.execute(_view().where(Appointment.id == appointment_id))).one_or_none()
+
+
 async def list_views(
     session: AsyncSession,
     visibility: Visibility,

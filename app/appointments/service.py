@@ -188,6 +188,17 @@ async def book(
     return await get(session, principal, appointment.id)
 
 
+async def visible_row(
+    session: AsyncSession, principal: Principal, appointment_id: uuid.UUID
+) -> AnyRow:
+    """The appointment view row if the caller may see it, else `NotFound`."""
+    return await _visible(session, principal, appointment_id)
+
+
+async def view_for_job(session: AsyncSession, appointment_id: uuid.UUID) -> AnyRow | None:
+    return await repository.get_view_for_job(session, appointment_id)
+
+
 async def get(
     session: AsyncSession, principal: Principal, appointment_id: uuid.UUID
 ) -> AppointmentOut:
@@ -284,6 +295,7 @@ async def reschedule(
         "appointment.rescheduled",
         _event(
             appointment,
+            by=str(principal.user_id),
             old_starts_at=old_start.isoformat(),
             starts_at=starts_at.isoformat(),
             ends_at=ends_at.isoformat(),

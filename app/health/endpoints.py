@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from redis.asyncio import Redis
 
@@ -24,8 +24,10 @@ async def live() -> Liveness:
 async def ready(
     database: Annotated[Database, Depends(get_database)],
     redis: Annotated[Redis | None, Depends(get_redis)],
+    request: Request,
 ) -> JSONResponse:
-    result = await service.readiness(database, redis)
+    adapters = (request.app.state.videosdk, request.app.state.fcm)
+    result = await service.readiness(database, redis, adapters)
     return JSONResponse(
         result.model_dump(),
         status_code=200 if result.database == "ok" else 503,

@@ -8,6 +8,7 @@ events reach this process's subscribers (cache invalidation) right after the com
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -16,6 +17,15 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.kit.db import AnyRow, after_commit, event_bus_of
 from app.models import OutboxEvent
+
+
+@dataclass(frozen=True)
+class Event:
+    """A committed outbox event as a job sees it; `id` makes per-event effects unique."""
+
+    id: int
+    topic: str
+    payload: dict[str, Any]
 
 
 def _announce(session: AsyncSession, events: list[tuple[str, dict[str, Any]]]) -> None:

@@ -29,6 +29,8 @@ from typing import Any, Literal, Self, cast
 import httpx
 import pybreaker
 from prometheus_client import Counter, Gauge, Histogram
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -454,6 +456,46 @@ def json_or_none(response: httpx.Response) -> Any:
         return None
 
 
+def breaker_key(service: str) -> str:
+    return f"carebook:breaker:{service}"
+
+
+class BreakerStatePublisher(pybreaker.CircuitBreakerListener):
+    """Copies a worker's breaker state to Redis on every change. The API never calls the third
+    parties itself, so this is how every replica's /health/ready shows the workers' view."""
+
+    def __init__(self, redis: Redis, service: str) -> None:
+        self.redis = redis
+        self.service = service
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def state_change(
+        self,
+        cb: pybreaker.CircuitBreaker,
+        old_state: pybreaker.CircuitBreakerState | None,
+        new_state: pybreaker.CircuitBreakerState,
+    ) -> None:
+        self.publish(new_state.name)
+
+    def publish(self, state: str) -> None:
+        # pybreaker calls listeners synchronously, from inside the event loop.
+        task = asyncio.get_running_loop().create_task(self._set(state))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _set(self, state: str) -> None:
+        try:
+            await self.redis.set(breaker_key(self.service), state)
+        except (RedisError, OSError):
+            logger.debug("breaker state of %s not published: redis unavailable", self.service)
+
+
+async def published_breaker_states(redis: Redis, services: list[str]) -> list[str | None]:
+    """The breaker states workers last published, in the order of `services`."""
+    values = await redis.mget([breaker_key(service) for service in services])
+    return [value.decode() if isinstance(value, bytes) else value for value in values]
+
+
 class ServiceAdapter:
     """Base of the third-party adapters: one `ResilientClient` each, and its lifecycle."""
 
@@ -463,8 +505,20 @@ class ServiceAdapter:
     def enabled(self) -> bool:
         return self.http.enabled
 
+    @property
+    def service(self) -> str:
+        return self.http.service
+
     def status(self) -> ServiceStatus:
         return self.http.status()
+
+    def publish_breaker_state(self, redis: Redis) -> None:
+        """From now on, mirror this process's breaker state to Redis (workers do this)."""
+        if not self.enabled:
+            return
+        publisher = BreakerStatePublisher(redis, self.service)
+        self.http.breaker.add_listener(publisher)
+        publisher.publish(self.http.breaker_state)
 
     async def aclose(self) -> None:
         await self.http.aclose()

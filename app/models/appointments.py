@@ -34,6 +34,10 @@ class AppointmentStatus(enum.StrEnum):
 
 ACTIVE_STATUSES = (AppointmentStatus.BOOKED, AppointmentStatus.CHECKED_IN)
 _ACTIVE_SQL = "status IN ('booked', 'checked_in')"
+VIDEO_TO_RECONCILE_SQL = (
+    "(status IN ('booked', 'checked_in') AND video_status IN ('pending', 'failed'))"
+    " OR (status = 'cancelled' AND video_room_id IS NOT NULL)"
+)
 
 
 class VideoStatus(enum.StrEnum):
@@ -92,6 +96,13 @@ class Appointment(Base):
             "starts_at",
             postgresql_include=["ends_at"],
             postgresql_where=_ACTIVE_SQL,
+        ),
+        # The video reconciler's work list: rooms to create, and rooms of cancelled visits to
+        # delete. Tiny in steady state, so the cron's scan costs nothing at 10 M rows.
+        Index(
+            "ix_appointments_video_to_reconcile",
+            "created_at",
+            postgresql_where=VIDEO_TO_RECONCILE_SQL,
         ),
     )
 

@@ -42,3 +42,5 @@ class Notification(Base):
     dedupe_key: Mapped[str | None] = mapped_column(Text, unique=True)
     created_at: Mapped[datetime] = created_at_column()
     read_at: Mapped[datetime | None]
+    # Set once every device of the user was pushed to; in-app-only notices keep it NULL.
+    pushed_at: Mapped[datetime | None]

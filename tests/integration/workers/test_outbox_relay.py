@@ -8,7 +8,6 @@ from datetime import time, timedelta
 
 import pytest
 from arq.connections import ArqRedis, RedisSettings, create_pool
-from arq.worker import Worker
 from fastapi import FastAPI
 from redis.exceptions import ConnectionError as RedisConnectionError
 from sqlalchemy import text
@@ -19,9 +18,9 @@ from app.models import Role
 from app.settings import Settings
 from tests.fixtures.app import Accounts
 from tests.fixtures.booking import Booking, ProviderSetup, local_instant, next_local_day
+from tests.fixtures.worker import run_worker_until_idle
 from workers.events import handle_event, sweep_outbox
 from workers.outbox import OutboxRelay, job_id
-from workers.settings import worker_options
 
 
 @pytest.fixture
@@ -42,15 +41,6 @@ async def _outbox(database: Database) -> list[dict[str, object]]:
 
 async def _queued_job_ids(queue: ArqRedis) -> list[str]:
     return sorted(job.decode() for job in await queue.zrange("arq:queue", 0, -1))
-
-
-async def _run_worker_until_idle(settings: Settings) -> None:
-    """A real ARQ worker, in this process, that stops when the queue is empty."""
-    worker = Worker(**worker_options(settings, relay=False), burst=True, handle_signals=False)
-    try:
-        await worker.main()
-    finally:
-        await worker.close()
 
 
 async def _bookings(booking: Booking, accounts: Accounts, count: int) -> ProviderSetup:
@@ -85,7 +75,7 @@ async def test_booking_event_is_relayed_and_processed_once(
 
     version_key = provider_scope(provider.id).version_key
     before = int(await queue.get(version_key) or 0)
-    await _run_worker_until_idle(settings)
+    await run_worker_until_idle(settings, queue)
 
     processed = {e["id"]: e for e in await _outbox(database)}
     assert all(e["processed_at"] is not None for e in processed.values())
@@ -131,7 +121,7 @@ async def test_redis_down_leaves_events_pending_until_it_returns(
     assert all(e["published_at"] is None for e in await _outbox(database))
     # The booking itself succeeded long before; once Redis answers, nothing is lost.
     assert await OutboxRelay(database, queue).relay_once() == len(await _outbox(database))
-    await _run_worker_until_idle(settings)
+    await run_worker_until_idle(settings, queue)
     assert all(e["processed_at"] is not None for e in await _outbox(database))
 
 
@@ -152,6 +142,6 @@ async def test_sweeper_hands_lost_deliveries_over_again(
     assert await relay.relay_once() == result["republished"]
     # A fresh job id per attempt: ARQ would refuse a job id it still remembers.
     assert all(job.endswith(":2") for job in await _queued_job_ids(queue))
-    await _run_worker_until_idle(settings)
+    await run_worker_until_idle(settings, queue)
     assert all(e["processed_at"] is not None for e in await _outbox(database))
     assert all(e["attempts"] == 2 for e in await _outbox(database))

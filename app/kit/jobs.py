@@ -1,0 +1,65 @@
+"""Shared machinery for ARQ jobs: enqueueing under deterministic ids, and retry scheduling.
+
+ARQ runs a job at least once. A job enqueued under an id that is still queued, running or has a
+kept result is refused, so re-planning the same effect (an event handled twice) adds nothing.
+Jobs that call a third party retry on the worker's schedule (`Retry`) once the HTTP client's
+quick retries are spent, and give up on their last try with a recorded outcome instead of
+raising into ARQ's "max retries exceeded".
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from datetime import datetime
+from typing import Any
+
+from arq import Retry
+from arq.connections import ArqRedis
+
+from app.kit.resilience import CircuitOpen, ServiceUnavailable
+from app.settings import Settings
+
+logger = logging.getLogger("carebook.jobs")
+
+
+async def enqueue(
+    queue: ArqRedis,
+    function: str,
+    *args: Any,
+    job_id: str,
+    defer_until: datetime | None = None,
+) -> bool:
+    """Enqueue once per `job_id`; False when a job with that id already exists."""
+    job = await queue.enqueue_job(function, *args, _job_id=job_id, _defer_until=defer_until)
+    return job is not None
+
+
+def job_try(ctx: dict[str, Any]) -> int:
+    return int(ctx.get("job_try", 1))
+
+
+def is_last_try(ctx: dict[str, Any], settings: Settings) -> bool:
+    return job_try(ctx) >= settings.job_max_tries
+
+
+def retry_later(ctx: dict[str, Any], settings: Settings, error: ServiceUnavailable) -> Retry:
+    """A `Retry` with exponential backoff and jitter; an open breaker is waited out, and a
+    service's own `Retry-After` is honoured when it asks for longer."""
+    attempt = job_try(ctx)
+    backoff = min(
+        settings.job_retry_base_seconds * 2 ** (attempt - 1), settings.job_retry_max_seconds
+    )
+    delay = backoff * random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not cryptography
+    if isinstance(error, CircuitOpen):
+        delay = max(delay, settings.breaker_reset_seconds)
+    if error.retry_after is not None:
+        delay = max(delay, min(error.retry_after, settings.job_retry_max_seconds))
+    logger.warning(
+        "%s unavailable (%s); job retries in %.1fs",
+        error.service,
+        error,
+        delay,
+        extra={"service": error.service, "job_try": attempt, "retry_in_s": round(delay, 2)},
+    )
+    return Retry(defer=delay)

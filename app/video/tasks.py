@@ -1,0 +1,147 @@
+"""Video room jobs: one reconciler brings a visit's room in line with the visit.
+
+An active visit gets a room (VideoSDK's create is idempotent on `customRoomId` = appointment id,
+so a re-run or a lost answer never makes a second room); a cancelled visit's room is deleted
+(the compensation of a booking that did not last). Rooms are not tied to a time, so a
+rescheduled visit keeps its room. After the last try the visit is marked `failed` and the
+clinic's staff are told in-app; the retry cron picks failed rooms up again.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from app.appointments import service as appointments
+from app.integrations.videosdk import VideoSdk
+from app.kit.db import Database
+from app.kit.jobs import enqueue, is_last_try, retry_later
+from app.kit.outbox import Event
+from app.kit.resilience import (
+    IntegrationError,
+    InvalidResponse,
+    PermanentFailure,
+    ServiceUnavailable,
+)
+from app.models import ACTIVE_STATUSES, AppointmentStatus, VideoStatus
+from app.notifications import service as notifications
+from app.settings import Settings
+from app.video import repository
+
+logger = logging.getLogger("carebook.video")
+
+SYNC_ROOM = "sync_video_room"
+APPOINTMENT_TOPICS = ("appointment.booked", "appointment.cancelled", "appointment.rescheduled")
+# A pending room younger than this is still in its event's hands; the cron leaves it be.
+RECONCILE_GRACE = timedelta(minutes=2)
+RECONCILE_BATCH = 500
+RECONCILE_EVERY_MINUTES = 5
+
+
+async def plan_video(ctx: dict[str, Any], event: Event) -> None:
+    """Outbox handler: reconcile the visit's room once per event."""
+    appointment_id = event.payload["appointment_id"]
+    await enqueue(
+        ctx["redis"], SYNC_ROOM, appointment_id, job_id=f"video:{appointment_id}:{event.id}"
+    )
+
+
+async def sync_video_room(ctx: dict[str, Any], appointment_id: str) -> str:
+    database: Database = ctx["database"]
+    video: VideoSdk = ctx["videosdk"]
+    if not video.enabled:
+        return "video disabled"
+    visit_id = uuid.UUID(appointment_id)
+    async with database.reading(primary=True) as session:
+        view = await appointments.view_for_job(session, visit_id)
+    if view is None:
+        return "gone"
+    appointment = view.Appointment
+    room_id = appointment.video_room_id
+    if appointment.status == AppointmentStatus.CANCELLED and room_id:
+        return await _delete_room(ctx, visit_id, room_id)
+    if appointment.status not in ACTIVE_STATUSES:
+        async with database.unit_of_work() as session:
+            await repository.not_required(session, visit_id)
+        return f"not needed: appointment {appointment.status}"
+    if appointment.video_status == VideoStatus.READY:
+        return "ready"
+    try:
+        room_id = await video.create_room(visit_id)
+    except (ServiceUnavailable, PermanentFailure, InvalidResponse) as error:
+        return await _creation_failed(ctx, visit_id, error)
+    async with database.unit_of_work() as session:
+        status = await repository.record_room(session, visit_id, room_id)
+    if status == AppointmentStatus.CANCELLED:
+        # Cancelled while the room was being made: undo it now rather than at the next sweep.
+        return await _delete_room(ctx, visit_id, room_id)
+    return "ready"
+
+
+async def _delete_room(ctx: dict[str, Any], visit_id: uuid.UUID, room_id: str) -> str:
+    video: VideoSdk = ctx["videosdk"]
+    try:
+        existed = await video.delete_room(room_id)
+    except ServiceUnavailable as error:
+        if not is_last_try(ctx, ctx["settings"]):
+            raise retry_later(ctx, ctx["settings"], error) from error
+        logger.error("video room not deleted; the retry cron will try again")
+        return "deletion postponed"
+    except (PermanentFailure, InvalidResponse) as error:
+        logger.error("video room deletion refused", extra={"error": str(error)})
+        return "deletion refused"
+    async with ctx["database"].unit_of_work() as session:
+        await repository.room_deleted(session, visit_id, room_id)
+    return "deleted" if existed else "already gone"
+
+
+async def _creation_failed(
+    ctx: dict[str, Any], visit_id: uuid.UUID, error: IntegrationError
+) -> str:
+    settings: Settings = ctx["settings"]
+    if isinstance(error, ServiceUnavailable) and not is_last_try(ctx, settings):
+        raise retry_later(ctx, settings, error) from error
+    logger.error(
+        "video room creation failed",
+        extra={"error": str(error), "job_try": ctx.get("job_try", 1)},
+    )
+    database: Database = ctx["database"]
+    # In-app only: the feed rows are the alert; staff devices are not paged for it.
+    async with database.unit_of_work() as session:
+        if await repository.mark_failed(session, visit_id):
+            view = await appointments.view_for_job(session, visit_id)
+            if view is not None:
+                operators = await notifications.clinic_operators(
+                    session, view.Appointment.clinic_id
+                )
+                await notifications.notify(
+                    session,
+                    operators,
+                    notifications.video_failed_message(view),
+                    f"video_failed:{visit_id}",
+                )
+    return "failed"
+
+
+async def retry_video_rooms(ctx: dict[str, Any]) -> int:
+    """Cron: rooms still pending after their event (lost job), failed ones (the service is
+    back?), and rooms of cancelled visits that could not be deleted."""
+    video: VideoSdk = ctx["videosdk"]
+    if not video.enabled:
+        return 0
+    now = datetime.now(UTC)
+    async with ctx["database"].reading(primary=True) as session:
+        ids = await repository.to_reconcile(
+            session, created_before=now - RECONCILE_GRACE, starts_after=now, limit=RECONCILE_BATCH
+        )
+    sweep = int(now.timestamp()) // (RECONCILE_EVERY_MINUTES * 60)
+    for appointment_id in ids:
+        await enqueue(
+            ctx["redis"],
+            SYNC_ROOM,
+            str(appointment_id),
+            job_id=f"video:{appointment_id}:sweep:{sweep}",
+        )
+    return len(ids)
