@@ -72,6 +72,36 @@ def _environment(data_dir: Path | None, *, with_redis: bool) -> Iterator[Setting
         servers.stop()
 
 
+@contextmanager
+def _demo_integrations(demo: bool) -> Iterator[None]:
+    """With `--demo`, VideoSDK and FCM that are not configured are served by the fake servers
+    on 127.0.0.1, so bookings get rooms and pushes locally (`GET /_fake/state` shows them)."""
+    from app.integrations.fakes import FakeFcm, FakeServer, FakeVideoSdk
+
+    settings = get_settings()
+    fakes: list[FakeServer] = []
+    if demo and settings.videosdk_base_url is None:
+        video = FakeVideoSdk()
+        url = video.start_in_thread()
+        fakes.append(video)
+        os.environ["CAREBOOK_VIDEOSDK_BASE_URL"] = url
+        os.environ["CAREBOOK_VIDEOSDK_JOIN_URL_TEMPLATE"] = f"{url}/meeting/{{room_id}}"
+        typer.echo(f"Demo: fake VideoSDK at {url}", err=True)
+    if demo and settings.fcm_base_url is None:
+        fcm = FakeFcm()
+        url = fcm.start_in_thread()
+        fakes.append(fcm)
+        os.environ["CAREBOOK_FCM_BASE_URL"] = url
+        os.environ.setdefault("CAREBOOK_FCM_PROJECT_ID", "carebook-demo")
+        typer.echo(f"Demo: fake FCM at {url}", err=True)
+    _reload_settings()
+    try:
+        yield
+    finally:
+        for fake in fakes:
+            fake.stop_thread()
+
+
 def _require_schema(settings: Settings) -> None:
     """Refuse, in one line, to work on a database that `carebook migrate` has not prepared."""
     from app.kit.migrations import current_revision, head_revision
@@ -108,7 +138,7 @@ def serve(
     """
     import uvicorn
 
-    with _environment(data_dir, with_redis=True) as settings:
+    with _environment(data_dir, with_redis=True) as settings, _demo_integrations(demo):
         if demo:
             from app.seed import print_demo_logins, seed_demo
 

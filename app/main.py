@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 from fastapi import FastAPI
 from starlette.middleware.gzip import GZipMiddleware
@@ -72,8 +72,12 @@ def _lifespan(settings: Settings) -> Callable[[FastAPI], AbstractAsyncContextMan
         finally:
             if worker_task is not None:
                 worker_task.cancel()
-                with suppress(asyncio.CancelledError):
+                try:
                     await worker_task
+                except asyncio.CancelledError:
+                    pass
+                except Exception:  # the rest of the shutdown must still run
+                    logger.exception("in-process worker failed")
             await app.state.videosdk.aclose()
             await app.state.fcm.aclose()
             if app.state.redis is not None:

@@ -24,6 +24,8 @@ from app.video.tasks import RECONCILE_EVERY_MINUTES, retry_video_rooms, sync_vid
 from workers.events import expire_idempotency_keys, handle_event, sweep_outbox
 from workers.outbox import OutboxRelay
 
+CALLING_OUT_TIMEOUT_SECONDS = 300
+
 
 def _startup_for(settings: Settings, *, relay: bool) -> Any:
     async def startup(ctx: dict[str, Any]) -> None:
@@ -65,7 +67,8 @@ def worker_options(settings: Settings, *, relay: bool = True) -> dict[str, Any]:
         raise RuntimeError("the worker needs CAREBOOK_REDIS_URL")
     # Jobs that call a third party give up (and record it) on their own last try.
     calling_out = [
-        func(job, max_tries=settings.job_max_tries)
+        # A push goes to each device in turn, each call bounded by the HTTP timeouts and retries.
+        func(job, max_tries=settings.job_max_tries, timeout=CALLING_OUT_TIMEOUT_SECONDS)
         for job in (sync_video_room, deliver_notification, send_reminder)
     ]
     every_five_minutes = set(range(0, 60, RECONCILE_EVERY_MINUTES))

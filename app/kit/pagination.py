@@ -11,7 +11,7 @@ import binascii
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Generic, TypeVar
 
 import orjson
@@ -68,7 +68,7 @@ def decode_cursor(cursor: str, parsers: Sequence[Callable[[Any], Any]]) -> list[
         if not isinstance(raw, list) or len(raw) != len(parsers):
             raise ValueError("cursor has the wrong shape")
         return [parse(value) for parse, value in zip(parsers, raw, strict=True)]
-    except (ValueError, TypeError, binascii.Error, orjson.JSONDecodeError) as exc:
+    except (ValueError, TypeError, OverflowError, binascii.Error, orjson.JSONDecodeError) as exc:
         raise ValidationFailed("cursor is not valid", loc=("query", "cursor")) from exc
 
 
@@ -78,7 +78,9 @@ def parse_datetime(value: Any) -> datetime:
     parsed = datetime.fromisoformat(value)
     if parsed.tzinfo is None:
         raise ValueError("cursor time has no offset")
-    return parsed
+    # In UTC, as the database compares it: a time that leaves the calendar there (year 1 at
+    # +14:00) raises OverflowError here instead of in the driver.
+    return parsed.astimezone(UTC)
 
 
 def parse_uuid(value: Any) -> uuid.UUID:

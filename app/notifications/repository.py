@@ -51,10 +51,18 @@ async def insert_notifications(
     return list((await session.scalars(statement)).all())
 
 
-async def get_notification(
-    session: AsyncSession, notification_id: uuid.UUID
-) -> Notification | None:
-    return await session.get(Notification, notification_id)
+async def pending_push(session: AsyncSession, notification_id: uuid.UUID) -> AnyRow | None:
+    """What a delivery needs, as a plain row (it outlives the session)."""
+    query = select(
+        Notification.id,
+        Notification.user_id,
+        Notification.title,
+        Notification.body,
+        Notification.data,
+        Notification.dedupe_key,
+        Notification.pushed_at,
+    ).where(Notification.id == notification_id)
+    return (await session.execute(query)).one_or_none()
 
 
 async def mark_pushed(session: AsyncSession, notification_id: uuid.UUID) -> None:
@@ -127,7 +135,7 @@ _DUE_REMINDERS = text(
       AND NOT EXISTS (
         SELECT 1 FROM notifications n
         WHERE n.dedupe_key = concat_ws(':', 'reminder', a.id, p.lead,
-                                       extract(epoch FROM a.starts_at)::bigint, a.patient_id)
+                                       floor(extract(epoch FROM a.starts_at))::bigint, a.patient_id)
       )
     ORDER BY a.starts_at
     LIMIT :limit

@@ -14,9 +14,13 @@ class Platform(StrEnum):
     WEB = "web"
 
 
-# FCM registration tokens are opaque, ~150-200 characters today; leave room, refuse junk.
+# FCM registration tokens are opaque printable ASCII, ~150-200 characters today: leave room,
+# refuse anything else (a NUL byte could not even be stored).
 DeviceToken = Annotated[
-    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=4096, pattern=r"^\S+$")
+    str,
+    StringConstraints(
+        strip_whitespace=True, min_length=1, max_length=4096, pattern=r"^[\x21-\x7e]+$"
+    ),
 ]
 
 

@@ -115,7 +115,7 @@ async def deliver_notification(ctx: dict[str, Any], notification_id: str) -> str
     database: Database = ctx["database"]
     fcm: Fcm = ctx["fcm"]
     async with database.reading(primary=True) as session:
-        notification = await repository.get_notification(session, uuid.UUID(notification_id))
+        notification = await repository.pending_push(session, uuid.UUID(notification_id))
         if notification is None:
             return "gone"
         if notification.pushed_at is not None:

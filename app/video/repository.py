@@ -7,10 +7,18 @@ from datetime import datetime
 from sqlalchemy import case, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.models import ACTIVE_STATUSES, Appointment, AppointmentStatus, VideoStatus
+from app.kit.db import AnyRow
+from app.models import ACTIVE_STATUSES, Appointment, VideoStatus
 from app.models.appointments import VIDEO_TO_RECONCILE_SQL
 
 _ACTIVE = [status.value for status in ACTIVE_STATUSES]
+
+
+async def room_state(session: AsyncSession, appointment_id: uuid.UUID) -> AnyRow | None:
+    query = select(Appointment.status, Appointment.video_status, Appointment.video_room_id).where(
+        Appointment.id == appointment_id
+    )
+    return (await session.execute(query)).one_or_none()
 
 
 async def record_room(session: AsyncSession, appointment_id: uuid.UUID, room_id: str) -> str | None:
@@ -69,7 +77,7 @@ async def mark_failed(session: AsyncSession, appointment_id: uuid.UUID) -> bool:
 
 
 async def to_reconcile(
-    session: AsyncSession, *, created_before: datetime, starts_after: datetime, limit: int
+    session: AsyncSession, *, created_before: datetime, ends_after: datetime, limit: int
 ) -> Sequence[uuid.UUID]:
     """Rooms to create (visits still ahead) and rooms of cancelled visits to delete; the
     partial index ix_appointments_video_to_reconcile holds exactly these rows."""
@@ -78,8 +86,8 @@ async def to_reconcile(
         .where(
             text(f"({VIDEO_TO_RECONCILE_SQL})"),
             Appointment.created_at < created_before,
-            (Appointment.status == AppointmentStatus.CANCELLED.value)
-            | (Appointment.ends_at > starts_after),
+            # Bounded in time: a visit long over needs no room, nor a retried deletion.
+            Appointment.ends_at > ends_after,
         )
         .order_by(Appointment.created_at)
         .limit(limit)

@@ -37,6 +37,9 @@ APPOINTMENT_TOPICS = ("appointment.booked", "appointment.cancelled", "appointmen
 # A pending room younger than this is still in its event's hands; the cron leaves it be.
 RECONCILE_GRACE = timedelta(minutes=2)
 RECONCILE_BATCH = 500
+# Rooms of visits that ended longer ago than this are left alone (created or not, deleted or
+# not): a refusal VideoSDK keeps answering is not retried forever.
+RECONCILE_HORIZON = timedelta(days=1)
 RECONCILE_EVERY_MINUTES = 5
 
 
@@ -55,18 +58,16 @@ async def sync_video_room(ctx: dict[str, Any], appointment_id: str) -> str:
         return "video disabled"
     visit_id = uuid.UUID(appointment_id)
     async with database.reading(primary=True) as session:
-        view = await appointments.view_for_job(session, visit_id)
-    if view is None:
+        visit = await repository.room_state(session, visit_id)
+    if visit is None:
         return "gone"
-    appointment = view.Appointment
-    room_id = appointment.video_room_id
-    if appointment.status == AppointmentStatus.CANCELLED and room_id:
-        return await _delete_room(ctx, visit_id, room_id)
-    if appointment.status not in ACTIVE_STATUSES:
+    if visit.status == AppointmentStatus.CANCELLED and visit.video_room_id:
+        return await _delete_room(ctx, visit_id, visit.video_room_id)
+    if visit.status not in ACTIVE_STATUSES:
         async with database.unit_of_work() as session:
             await repository.not_required(session, visit_id)
-        return f"not needed: appointment {appointment.status}"
-    if appointment.video_status == VideoStatus.READY:
+        return f"not needed: appointment {visit.status}"
+    if visit.video_status == VideoStatus.READY:
         return "ready"
     try:
         room_id = await video.create_room(visit_id)
@@ -134,7 +135,10 @@ async def retry_video_rooms(ctx: dict[str, Any]) -> int:
     now = datetime.now(UTC)
     async with ctx["database"].reading(primary=True) as session:
         ids = await repository.to_reconcile(
-            session, created_before=now - RECONCILE_GRACE, starts_after=now, limit=RECONCILE_BATCH
+            session,
+            created_before=now - RECONCILE_GRACE,
+            ends_after=now - RECONCILE_HORIZON,
+            limit=RECONCILE_BATCH,
         )
     sweep = int(now.timestamp()) // (RECONCILE_EVERY_MINUTES * 60)
     for appointment_id in ids:
