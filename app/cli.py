@@ -164,11 +164,11 @@ def serve(
 def worker(data_dir: DataDir = None) -> None:
     """Run the background job worker (ARQ): the jobs and cron jobs of workers/settings.py."""
     from app.kit.logging import configure_logging
-    from workers.runner import build_worker
+    from workers.runner import run_until_signalled
 
     with _environment(data_dir, with_redis=True) as settings:
         configure_logging(settings.log_level, json=settings.log_json)
-        build_worker(settings, handle_signals=True).run()
+        asyncio.run(run_until_signalled(settings))
 
 
 @cli.command()

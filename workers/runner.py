@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 
 from arq.worker import Worker
 from redis.exceptions import RedisError
@@ -24,16 +25,16 @@ def build_worker(settings: Settings, *, handle_signals: bool) -> Worker:
 async def run_worker(
     settings: Settings, *, restart_max_seconds: float = RESTART_MAX_SECONDS
 ) -> None:
-    """Run until cancelled; used by `carebook serve` in embedded mode.
+    """Run until cancelled (`carebook worker`, and in-process under `carebook serve`).
 
-    ARQ's worker stops when it loses Redis. A separate worker process is restarted by its
-    supervisor; this one has none, so it rebuilds the worker itself, backing off, until Redis
-    answers again. Nothing is lost meanwhile: events wait in the outbox.
+    ARQ's worker stops when it loses Redis; this rebuilds it, backing off, until Redis answers
+    again, so one outage does not need a process restart. Nothing is lost meanwhile: events
+    wait in the outbox.
     """
     delay = min(1.0, restart_max_seconds)
     while True:
         worker = build_worker(settings, handle_signals=False)
-        logger.info("in-process worker started")
+        logger.info("worker started")
         try:
             await worker.main()
         except (RedisError, OSError) as error:
@@ -45,6 +46,19 @@ async def run_worker(
             await _close(worker)
         await asyncio.sleep(delay)
         delay = min(delay * 2, restart_max_seconds)
+
+
+async def run_until_signalled(settings: Settings) -> None:
+    """`carebook worker`: `run_worker` until SIGTERM or SIGINT. Running jobs are cancelled and
+    stay queued, so another worker runs them again (they are idempotent)."""
+    task = asyncio.current_task()
+    assert task is not None
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, task.cancel)
+    with contextlib.suppress(asyncio.CancelledError):
+        await run_worker(settings)
+    logger.info("worker stopped")
 
 
 async def _close(worker: Worker) -> None:

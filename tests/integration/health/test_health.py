@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import httpx
 
+from app.kit.resilience import breaker_key
 from app.settings import Settings
 from tests.fixtures.app import client_for, make_settings, running_app
 
@@ -25,6 +26,27 @@ async def test_ready_with_everything_up(client: httpx.AsyncClient) -> None:
     assert body["database"] == "ok"
     assert body["redis"] == "ok"
     assert body["status"] == "ok"
+    # Nothing configured for the third parties: reported, and no reason to be unready.
+    assert body["integrations"] == {"videosdk": "disabled", "fcm": "disabled"}
+
+
+async def test_ready_reports_the_breaker_state_workers_published(settings: Settings) -> None:
+    configured = make_settings(
+        settings.database_url,
+        settings.redis_url,
+        videosdk_base_url="http://127.0.0.1:1",
+        fcm_base_url="http://127.0.0.1:1",
+        fcm_project_id="p",
+    )
+    async with running_app(configured) as app, client_for(app) as client:
+        before = (await client.get("/health/ready")).json()["integrations"]
+        await app.state.redis.set(breaker_key("videosdk"), "open")
+        await app.state.redis.set(breaker_key("fcm"), "nonsense")
+        after = await client.get("/health/ready")
+        await app.state.redis.delete(breaker_key("videosdk"), breaker_key("fcm"))
+    assert before == {"videosdk": "unknown", "fcm": "unknown"}  # no worker reported yet
+    assert after.status_code == 200  # an open breaker degrades follow-ups, not the API
+    assert after.json()["integrations"] == {"videosdk": "open", "fcm": "unknown"}
 
 
 async def test_ready_with_redis_down_is_degraded_but_ready(settings: Settings) -> None:
