@@ -10,7 +10,9 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from fastapi import FastAPI
 from starlette.middleware.gzip import GZipMiddleware
 
+from app.analytics.endpoints import router as analytics_router
 from app.appointments.endpoints import router as appointments_router
+from app.audit.endpoints import router as audit_router
 from app.auth.endpoints import router as auth_router
 from app.availability.endpoints import router as availability_router
 from app.catalog.endpoints import router as catalog_router
@@ -28,6 +30,7 @@ from app.kit.rate_limit import Policies, RateLimiter
 from app.kit.redis import create_redis
 from app.kit.security import Passwords, Tokens
 from app.notifications.endpoints import router as notifications_router
+from app.records.endpoints import router as records_router
 from app.schedules.endpoints import router as schedules_router
 from app.settings import Settings, get_settings
 from app.video.endpoints import router as video_router
@@ -111,6 +114,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         appointments_router,
         video_router,
         notifications_router,
+        records_router,
+        audit_router,
+        analytics_router,
     ):
         app.include_router(router)
     return app

@@ -107,6 +107,25 @@ class Settings(BaseSettings):
     bulkhead_limit: int = Field(default=10, ge=1, le=1000)  # concurrent calls per service
     bulkhead_wait_seconds: float = Field(default=1.0, ge=0, le=60)
 
+    # Medical records (audit F1): files live in object storage; the API hands out signed URLs.
+    storage_backend: Literal["local", "s3"] = "local"
+    storage_local_dir: Path | None = None  # default: <data_dir>/records
+    storage_signing_key: SecretStr | None = None  # HMAC key of local URLs (default: derived)
+    public_base_url: str | None = None  # absolute base of local file URLs (default: the request's)
+    s3_endpoint_url: str | None = None  # e.g. https://s3.eu-west-1.amazonaws.com or MinIO
+    s3_bucket: str | None = None
+    s3_region: str = "us-east-1"
+    s3_access_key_id: SecretStr | None = None
+    s3_secret_access_key: SecretStr | None = None
+    presigned_url_ttl_seconds: int = Field(default=900, ge=60, le=604_800)
+    record_max_bytes: int = Field(default=25 * 1024 * 1024, ge=1, le=5 * 1024**3)
+    record_content_types: list[str] = Field(
+        default=["application/pdf", "image/jpeg", "image/png", "text/plain", "application/dicom"]
+    )
+
+    # Analytics (audit F11): bounded by its own statement timeout on the read session.
+    analytics_statement_timeout_ms: int = Field(default=3000, ge=100, le=60_000)
+
     # Logging.
     log_level: str = "INFO"
     log_json: bool = True

@@ -1,1 +1,6 @@
-pytest_plugins = ["tests.fixtures.servers", "tests.fixtures.app", "tests.fixtures.booking"]
+pytest_plugins = [
+    "tests.fixtures.servers",
+    "tests.fixtures.app",
+    "tests.fixtures.booking",
+    "tests.fixtures.worker",
+]

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pybreaker
 import pytest
-from arq.connections import ArqRedis, RedisSettings, create_pool
+from arq.connections import ArqRedis
 from sqlalchemy import text
 
 from app.integrations.fakes import FakeFcm, FakeVideoSdk
@@ -46,14 +46,6 @@ async def video() -> AsyncIterator[FakeVideoSdk]:
 async def fcm() -> AsyncIterator[FakeFcm]:
     async with FakeFcm() as fake:
         yield fake
-
-
-@pytest.fixture
-async def queue(settings: Settings, database: Database) -> AsyncIterator[ArqRedis]:
-    assert settings.redis_url is not None
-    pool = await create_pool(RedisSettings.from_dsn(settings.redis_url))
-    yield pool
-    await pool.aclose()
 
 
 def worker_settings(

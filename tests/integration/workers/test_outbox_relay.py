@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from datetime import time, timedelta
 
 import pytest
-from arq.connections import ArqRedis, RedisSettings, create_pool
+from arq.connections import ArqRedis
 from fastapi import FastAPI
 from redis.exceptions import ConnectionError as RedisConnectionError
 from sqlalchemy import text
@@ -21,14 +20,6 @@ from tests.fixtures.booking import Booking, ProviderSetup, local_instant, next_l
 from tests.fixtures.worker import run_worker_until_idle
 from workers.events import handle_event, sweep_outbox
 from workers.outbox import OutboxRelay, job_id
-
-
-@pytest.fixture
-async def queue(settings: Settings, database: Database) -> AsyncIterator[ArqRedis]:
-    assert settings.redis_url is not None
-    pool = await create_pool(RedisSettings.from_dsn(settings.redis_url))
-    yield pool
-    await pool.aclose()
 
 
 async def _outbox(database: Database) -> list[dict[str, object]]:
