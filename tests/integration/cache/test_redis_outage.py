@@ -196,7 +196,12 @@ async def test_redis_outage_degrades_and_recovers(
         hits_at_outage = dict(hits)
 
         ready = await _ready(client)
-        assert ready == {"status": "ok", "database": "ok", "redis": "degraded"}
+        assert ready == {
+            "status": "ok",
+            "database": "ok",
+            "redis": "degraded",
+            "integrations": {"videosdk": "disabled", "fcm": "disabled"},
+        }
         live = await client.get("/health/live")
         assert live.status_code == 200
 
@@ -281,7 +286,12 @@ async def test_redis_outage_degrades_and_recovers(
             document = await _availability(client, provider, day)
             assert nine not in _starts(document), "a pre-outage value was served"
             await asyncio.sleep(0.1)
-        assert await _ready(client) == {"status": "ok", "database": "ok", "redis": "ok"}
+        assert await _ready(client) == {
+            "status": "ok",
+            "database": "ok",
+            "redis": "ok",
+            "integrations": {"videosdk": "disabled", "fcm": "disabled"},
+        }
 
         # Fresh across the outage: version bumps failed during it, so on recovery the cache
         # generation moved on and nothing cached before the outage is reachable any more ...
