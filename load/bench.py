@@ -143,6 +143,7 @@ class ScenarioRun:
     workers: int
     result: LoadResult
     server_cpu_s: float | None  # the uvicorn processes, load window (warm-up included)
+    database_cpu_s: float | None = None  # the backends serving it, same window
     cache_hit_rate: float | None = None  # after warm-up; None when not measured
     priming: Priming | None = None
     within_one_minute: bool = True  # the timed run did not cross a clock minute
@@ -252,6 +253,31 @@ def process_cpu_seconds(pid: int) -> float | None:
                 total += int(fields[11]) + int(fields[12])  # utime, stime
     except OSError:
         return None
+    return total / ticks
+
+
+def _proc_cpu_ticks(pid: str) -> int:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat.rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # utime, stime
+
+
+def database_cpu_seconds(database: str) -> float | None:
+    """CPU seconds of the PostgreSQL backends connected to `database` (their process titles
+    name it), on this machine; None where /proc is absent. Backends that exit in between are
+    not counted: pooled connections live through a run."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    try:
+        entries = [entry.name for entry in Path("/proc").iterdir() if entry.name.isdigit()]
+    except OSError:
+        return None
+    needle = f" {database} ".encode()
+    for pid in entries:
+        with suppress(OSError, ValueError, IndexError):
+            title = Path(f"/proc/{pid}/cmdline").read_bytes()
+            if title.startswith(b"postgres: ") and needle in title.replace(b"\0", b" "):
+                total += _proc_cpu_ticks(pid)
     return total / ticks
 
 
@@ -472,6 +498,10 @@ async def _profile(pid: int, delay_s: float, seconds: float, output: Path) -> bo
     return process.returncode == 0
 
 
+def _difference(before: float | None, after: float | None) -> float | None:
+    return after - before if before is not None and after is not None else None
+
+
 def _empty_result(concurrency: int) -> LoadResult:
     return LoadResult(
         concurrency=concurrency,
@@ -546,9 +576,12 @@ async def _run_in_process(
 ) -> ScenarioRun:
     workload = await scenario.setup(_setup(config, dataset, 0, database_url))
     assert workload.call is not None
+    database = prepare.database_name(database_url)
     try:
         plan = config.plan(0, budget=workload.budget, expected=workload.expected_statuses)
+        db_before = database_cpu_seconds(database)
         result = await run_calls(plan, workload.call)
+        db_after = database_cpu_seconds(database)
     finally:
         if workload.close is not None:
             await workload.close()
@@ -557,6 +590,7 @@ async def _run_in_process(
         1,
         result,
         None,
+        database_cpu_s=_difference(db_before, db_after),
         dataset=dataset.label,
         notes=tuple(workload.notes),
         in_process=True,
@@ -607,6 +641,8 @@ async def _run_served(
                     profile_to,
                 )
             )
+        database = prepare.database_name(database_url)
+        db_before = database_cpu_seconds(database)
         cpu_before = process_cpu_seconds(server.process.pid)
         log_from = server.log_offset()
         minute_before = datetime.now(UTC).replace(second=0, microsecond=0)
@@ -640,9 +676,8 @@ async def _run_served(
         )
         one_minute = datetime.now(UTC).replace(second=0, microsecond=0) == minute_before
         cpu_after = process_cpu_seconds(server.process.pid)
-        server_cpu = (
-            cpu_after - cpu_before if cpu_before is not None and cpu_after is not None else None
-        )
+        db_after = database_cpu_seconds(database)
+        server_cpu = _difference(cpu_before, cpu_after)
         rate = None
         if cache:
             if after_warmup is not None and after_warmup.done() and not after_warmup.cancelled():
@@ -655,6 +690,7 @@ async def _run_served(
         workers,
         result,
         server_cpu,
+        database_cpu_s=_difference(db_before, db_after),
         cache_hit_rate=rate,
         priming=priming,
         within_one_minute=one_minute,
@@ -774,9 +810,9 @@ def _cpu(value: float | None) -> str:
 _HEADER = (
     "| scenario | workers | concurrency | requests | throughput (req/s) | p50 ms | p95 ms "
     "| p99 ms | max ms | errors | vs baseline (throughput) | target | generator CPU s "
-    "| server CPU s | cache hit rate | body bytes | notes |\n"
+    "| server CPU s | PostgreSQL CPU s | cache hit rate | body bytes | notes |\n"
     "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- | --- | ---: "
-    "| ---: | ---: | ---: | --- |"
+    "| ---: | ---: | ---: | ---: | --- |"
 )
 
 # Each scenario's baseline(s): the report shows the scenario's throughput as a multiple of each.
@@ -849,7 +885,7 @@ def _row(
     r = run.result
     label = _label(run, main)
     if run.skipped:
-        cells = [label, str(run.workers), "-", *["-"] * 14]
+        cells = [label, str(run.workers), "-", *["-"] * 15]
         cells[-1] = _notes(run)
         return "| " + " | ".join(cells) + " |"
     cells = [
@@ -867,6 +903,7 @@ def _row(
         (verdicts or {}).get(label, "-"),
         f"{r.cpu_s:.1f}",
         _cpu(run.server_cpu_s),
+        _cpu(run.database_cpu_s),
         _hit_rate(run.cache_hit_rate),
         f"{r.mean_body_bytes:,.0f}",
         _notes(run),
@@ -918,6 +955,7 @@ def median_run(runs: Sequence[ScenarioRun]) -> ScenarioRun:
         samples_ns=(),
     )
     cpus = [run.server_cpu_s for run in runs if run.server_cpu_s is not None]
+    database_cpus = [run.database_cpu_s for run in runs if run.database_cpu_s is not None]
     rates = [run.cache_hit_rate for run in runs if run.cache_hit_rate is not None]
     primes = [run.priming for run in runs if run.priming is not None]
     priming = None
@@ -944,6 +982,7 @@ def median_run(runs: Sequence[ScenarioRun]) -> ScenarioRun:
         first.workers,
         result,
         _median(cpus) if cpus else None,
+        database_cpu_s=_median(database_cpus) if database_cpus else None,
         cache_hit_rate=_median(rates) if rates else None,
         priming=priming,
         within_one_minute=all(run.within_one_minute for run in runs),
@@ -1241,7 +1280,9 @@ def render_report(report: BenchReport) -> str:
         "Throughput and latencies count 2xx responses (and, for the contention scenarios, the "
         "expected 409s); errors list other statuses and transport errors separately. "
         "*Generator CPU* is the load generator's own CPU time (`getrusage`), *server CPU* "
-        "that of the uvicorn process(es), both over the whole run. *Cache hit rate* is from "
+        "that of the uvicorn process(es), *PostgreSQL CPU* that of the database backends "
+        "serving the run (in-process baselines included), all over the whole run (warm-up "
+        "included). *Cache hit rate* is from "
         "`/metrics` (`carebook_cache_requests_total`) after warm-up. Writing scenarios run on "
         "a scratch copy of the prepared database (`CREATE DATABASE … TEMPLATE`), one per run.",
         "",

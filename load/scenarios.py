@@ -191,7 +191,7 @@ def constant_requests(dataset: Dataset, port: int) -> list[bytes]:
     return [build_request("GET", constant_app.PATH, port=port)]
 
 
-def _windows(dataset: Dataset) -> list[tuple[ProviderRow, date, date]]:
+def availability_windows(dataset: Dataset) -> list[tuple[ProviderRow, date, date]]:
     dataset.require_providers()
     windows = []
     for provider in dataset.providers:
@@ -211,7 +211,7 @@ def availability_requests(dataset: Dataset, port: int, prefix: str = "") -> list
             port=port,
             params={"from": first.isoformat(), "to": last.isoformat()},
         )
-        for provider, first, last in _windows(dataset)
+        for provider, first, last in availability_windows(dataset)
     ]
 
 
@@ -591,7 +591,7 @@ async def raw_availability_setup(context: Setup) -> Workload:
             "latest": now + raw_asyncpg.HORIZON,
             "ignore_appointment_id": None,
         }
-        for provider, first, last in _windows(context.dataset)
+        for provider, first, last in availability_windows(context.dataset)
     ]
     runner = await raw_asyncpg.AvailabilityQuery.open(asyncpg_dsn(context.database_url))
     return Workload(call=runner.caller(params), close=runner.close)

@@ -5,15 +5,19 @@ rot. The report is written to a temporary file: tests never touch docs/benchmark
 
 from __future__ import annotations
 
+import json
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 
 from app.seed.scale import seed_scale
+from load.baselines import naive_app
+from load.baselines.raw_asyncpg import HORIZON, MIN_NOTICE
 from load.bench import (
     BEGIN_MARK,
     END_MARK,
@@ -22,10 +26,19 @@ from load.bench import (
     BenchReport,
     render_report,
     run_bench,
+    server_env,
+    serving,
 )
 from load.bench import write_report as write_bench_report
-from load.prepare import connect, database_name
-from load.scenarios import SCALE_SCENARIOS, SCENARIOS, route_present
+from load.client import build_request, fetch
+from load.prepare import FREE_SLOTS_PARAMS, FREE_SLOTS_SQL, bind, connect, database_name
+from load.scenarios import (
+    SCALE_SCENARIOS,
+    SCENARIOS,
+    availability_windows,
+    load_dataset,
+    route_present,
+)
 from tests.fixtures.app import make_settings
 from tests.fixtures.servers import fresh_database
 
@@ -182,3 +195,50 @@ async def test_the_prepared_databases_are_left_as_they_were(
     # Tests never touch the committed report.
     official = REPO_ROOT / "docs" / "benchmarks.md"
     assert "pytest tests/integration/test_load_smoke.py" not in official.read_text()
+
+
+async def _sql_slots(url: str, provider: uuid.UUID, first: date, last: date) -> list[str]:
+    """Free slot starts from the API's own statement, for the naive baseline's minute."""
+    now = datetime.now(UTC).replace(second=0, microsecond=0) + timedelta(minutes=1)
+    values = {
+        "provider_id": provider,
+        "from_date": first,
+        "to_date": last,
+        "earliest": now + MIN_NOTICE,
+        "latest": now + HORIZON,
+        "ignore_appointment_id": None,
+    }
+    connection = await connect(url)
+    try:
+        rows = await connection.fetch(FREE_SLOTS_SQL, *bind(FREE_SLOTS_PARAMS, values))
+    finally:
+        await connection.close()
+    return [r["starts_at"].isoformat() for r in rows if r["starts_at"] is not None]
+
+
+async def test_the_python_loop_baseline_gives_the_set_based_answer(
+    datasets: Datasets, test_servers: TestServers
+) -> None:
+    config = BenchConfig(database_url=datasets.small, redis_url=test_servers.redis_url)
+    dataset = await load_dataset(datasets.small, max_providers=6)
+    env = server_env(config, cache_enabled=False)
+    async with serving(
+        SCENARIOS["naive-availability"].app, config, cache_enabled=False, env=env
+    ) as server:
+        for provider, first, last in availability_windows(dataset)[:12]:
+            raw = build_request(
+                "GET",
+                f"{naive_app.PREFIX}/v1/providers/{provider.id}/availability",
+                port=server.port,
+                params={"from": first.isoformat(), "to": last.isoformat()},
+            )
+            before = await _sql_slots(datasets.small, provider.id, first, last)
+            response = await fetch(server.port, raw)
+            after = await _sql_slots(datasets.small, provider.id, first, last)
+            assert response.status == 200
+            starts = [
+                datetime.fromisoformat(s["start"]).astimezone(UTC).isoformat()
+                for s in json.loads(response.body)["slots"]
+            ]
+            assert starts in (before, after)  # the same minute as one of them
+            assert starts, "a window of a seeded provider has free slots"
