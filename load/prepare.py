@@ -195,6 +195,9 @@ class Slot:
     ends_at: datetime
 
 
+Intervals = dict[uuid.UUID, list[tuple[datetime, datetime]]]  # busy times by patient
+
+
 @dataclass(frozen=True)
 class Booking:
     slot: Slot
@@ -227,9 +230,7 @@ async def free_slots(connection: Any, provider_ids: Sequence[uuid.UUID]) -> list
     return found
 
 
-async def active_intervals(
-    connection: Any, patient_ids: Sequence[uuid.UUID]
-) -> dict[uuid.UUID, list[tuple[datetime, datetime]]]:
+async def active_intervals(connection: Any, patient_ids: Sequence[uuid.UUID]) -> Intervals:
     """The patients' active visits from now on (a patient cannot hold two that overlap)."""
     rows = await connection.fetch(
         "SELECT patient_id, starts_at, ends_at FROM appointments "
@@ -250,7 +251,7 @@ def _overlaps(busy: Sequence[tuple[datetime, datetime]], slot: Slot) -> bool:
 def assign(
     slots: Sequence[Slot],
     patients: Sequence[Account],
-    intervals: dict[uuid.UUID, list[tuple[datetime, datetime]]],
+    intervals: Intervals,
     count: int,
     seed: int,
 ) -> list[Booking]:
@@ -278,7 +279,7 @@ def assign(
 def contended_slots(
     slots: Sequence[Slot],
     patients: Sequence[Account],
-    intervals: dict[uuid.UUID, list[tuple[datetime, datetime]]],
+    intervals: Intervals,
     count: int,
     seed: int,
 ) -> list[Slot]:

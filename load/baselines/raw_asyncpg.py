@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Self
 from zoneinfo import ZoneInfo
 
 import asyncpg  # type: ignore[import-untyped]  # no stubs, no py.typed
@@ -62,15 +62,22 @@ async def _pool(dsn: str) -> Any:
     )
 
 
-class AvailabilityQuery:
-    """`FREE_SLOTS_OF_PROVIDER` for a list of parameter sets, round-robin."""
+class _Pooled:
+    """An asyncpg pool of the API's size, opened for one run and closed after it."""
 
     def __init__(self, pool: Any) -> None:
         self.pool = pool
 
     @classmethod
-    async def open(cls, dsn: str) -> AvailabilityQuery:
+    async def open(cls, dsn: str) -> Self:
         return cls(await _pool(dsn))
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+
+class AvailabilityQuery(_Pooled):
+    """`FREE_SLOTS_OF_PROVIDER` for a list of parameter sets, round-robin."""
 
     def caller(self, params: Sequence[dict[str, Any]]) -> Call:
         bound = [bind(FREE_SLOTS_PARAMS, p) for p in params]
@@ -81,19 +88,9 @@ class AvailabilityQuery:
 
         return call
 
-    async def close(self) -> None:
-        await self.pool.close()
 
-
-class BookingTransaction:
+class BookingTransaction(_Pooled):
     """The booking service's transaction for prepared bookings, each sent once."""
-
-    def __init__(self, pool: Any) -> None:
-        self.pool = pool
-
-    @classmethod
-    async def open(cls, dsn: str) -> BookingTransaction:
-        return cls(await _pool(dsn))
 
     async def book(self, booking: Booking) -> int:
         try:
@@ -158,6 +155,3 @@ class BookingTransaction:
             return await self.book(bookings[number])
 
         return call
-
-    async def close(self) -> None:
-        await self.pool.close()
