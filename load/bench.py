@@ -262,23 +262,33 @@ def _proc_cpu_ticks(pid: str) -> int:
     return int(fields[11]) + int(fields[12])  # utime, stime
 
 
-def database_cpu_seconds(database: str) -> float | None:
-    """CPU seconds of the PostgreSQL backends connected to `database` (their process titles
-    name it), on this machine; None where /proc is absent. Backends that exit in between are
-    not counted: pooled connections live through a run."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    total = 0
+def database_cpu_ticks(database: str) -> dict[int, int] | None:
+    """CPU ticks by pid of the PostgreSQL backends connected to `database` (their process
+    titles name it), on this machine; None where /proc is absent."""
     try:
         entries = [entry.name for entry in Path("/proc").iterdir() if entry.name.isdigit()]
     except OSError:
         return None
     needle = f" {database} ".encode()
+    found = {}
     for pid in entries:
         with suppress(OSError, ValueError, IndexError):
             title = Path(f"/proc/{pid}/cmdline").read_bytes()
             if title.startswith(b"postgres: ") and needle in title.replace(b"\0", b" "):
-                total += _proc_cpu_ticks(pid)
-    return total / ticks
+                found[int(pid)] = _proc_cpu_ticks(pid)
+    return found
+
+
+def database_cpu_seconds(
+    before: Mapping[int, int] | None, after: Mapping[int, int] | None
+) -> float | None:
+    """CPU seconds the backends spent between two snapshots: what each live one added, and all
+    of those that started meanwhile (backends that exited in between are lost: pooled
+    connections live through a run)."""
+    if before is None or after is None:
+        return None
+    ticks = sum(value - before.get(pid, 0) for pid, value in after.items())
+    return max(ticks, 0) / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -579,9 +589,9 @@ async def _run_in_process(
     database = prepare.database_name(database_url)
     try:
         plan = config.plan(0, budget=workload.budget, expected=workload.expected_statuses)
-        db_before = database_cpu_seconds(database)
+        db_before = database_cpu_ticks(database)
         result = await run_calls(plan, workload.call)
-        db_after = database_cpu_seconds(database)
+        db_after = database_cpu_ticks(database)
     finally:
         if workload.close is not None:
             await workload.close()
@@ -590,7 +600,7 @@ async def _run_in_process(
         1,
         result,
         None,
-        database_cpu_s=_difference(db_before, db_after),
+        database_cpu_s=database_cpu_seconds(db_before, db_after),
         dataset=dataset.label,
         notes=tuple(workload.notes),
         in_process=True,
@@ -642,7 +652,7 @@ async def _run_served(
                 )
             )
         database = prepare.database_name(database_url)
-        db_before = database_cpu_seconds(database)
+        db_before = database_cpu_ticks(database)
         cpu_before = process_cpu_seconds(server.process.pid)
         log_from = server.log_offset()
         minute_before = datetime.now(UTC).replace(second=0, microsecond=0)
@@ -676,7 +686,7 @@ async def _run_served(
         )
         one_minute = datetime.now(UTC).replace(second=0, microsecond=0) == minute_before
         cpu_after = process_cpu_seconds(server.process.pid)
-        db_after = database_cpu_seconds(database)
+        db_after = database_cpu_ticks(database)
         server_cpu = _difference(cpu_before, cpu_after)
         rate = None
         if cache:
@@ -690,7 +700,7 @@ async def _run_served(
         workers,
         result,
         server_cpu,
-        database_cpu_s=_difference(db_before, db_after),
+        database_cpu_s=database_cpu_seconds(db_before, db_after),
         cache_hit_rate=rate,
         priming=priming,
         within_one_minute=one_minute,
@@ -1071,11 +1081,17 @@ _SHORT = {
 
 
 def _at_least(value: float, floor: float) -> str:
-    return f"{floor / value:.1f}x short" if value > 0 else "nothing measured"
+    if value <= 0:
+        return "nothing measured"
+    if floor / value < 1.5:
+        return f"{(1 - value / floor) * 100:.0f} % short"
+    return f"{floor / value:.1f}x short"
 
 
 def _below(value: float, ceiling: float) -> str:
-    return f"{(value / ceiling - 1) * 100:+.0f} % over"
+    if value / ceiling < 2:
+        return f"{(value / ceiling - 1) * 100:+.0f} % over"
+    return f"{value / ceiling:.1f}x over"
 
 
 def verdicts(report: BenchReport) -> list[Verdict]:

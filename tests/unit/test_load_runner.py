@@ -5,6 +5,7 @@ and how the targets of issue 8 are judged and rendered."""
 from __future__ import annotations
 
 import itertools
+import os
 import uuid
 from datetime import UTC, date, datetime, timedelta
 
@@ -13,6 +14,8 @@ from load.bench import (
     BenchConfig,
     BenchReport,
     ScenarioRun,
+    database_cpu_seconds,
+    database_cpu_ticks,
     render_report,
     verdicts,
 )
@@ -210,3 +213,11 @@ def test_dataset_labels_and_route_checks() -> None:
         "naive-availability",
         "naive-contention",
     }
+
+
+def test_database_cpu_counts_live_and_new_backends() -> None:
+    hz = os.sysconf("SC_CLK_TCK")
+    # Backend 1 ran on, 2 exited (lost), 3 started during the run.
+    assert database_cpu_seconds({1: 10, 2: 5}, {1: 30, 3: 7}) == (20 + 7) / hz
+    assert database_cpu_seconds(None, {1: 1}) is None
+    assert database_cpu_ticks(f"no_such_database_{uuid.uuid4().hex}") == {}
