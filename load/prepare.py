@@ -336,14 +336,16 @@ async def ensure_records(
             continue
         for n in range(per_patient):
             kind = kinds[n % len(kinds)]
+            record_id = uuid.uuid4()
             rows.append(
                 (
-                    uuid.uuid4(),
+                    record_id,
                     patient_id,
                     uploader,
                     kind,
                     f"{kind.replace('_', ' ').title()} {n + 1}",
-                    f"records/{patient_id}/{uuid.uuid4().hex}.pdf",
+                    # The object storage's key format (`record_key` of the storage adapter).
+                    f"patients/{patient_id}/{record_id}",
                     "application/pdf",
                     50_000 + 1_000 * n,
                     base + timedelta(days=7 * n),
