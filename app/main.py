@@ -57,7 +57,7 @@ def _lifespan(settings: Settings) -> Callable[[FastAPI], AbstractAsyncContextMan
         )
         events = EventBus()
         for topic in INVALIDATING_TOPICS:
-            events.subscribe(topic, app.state.cache.on_event)
+            events.subscribe(topic, app.state.cache.on_events)
         app.state.database = Database.connect(settings, settings.database_url, events=events)
         app.state.passwords = Passwords(settings)
         app.state.tokens = Tokens(settings)

@@ -27,6 +27,7 @@ from fastapi import Depends, Request
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from app.kit.events import Events
 from app.kit.metrics import CACHE_REQUESTS
 
 logger = logging.getLogger("carebook.cache")
@@ -263,12 +264,20 @@ class Cache:
         else:
             self.circuit.succeeded()
 
+    async def on_events(self, events: Events) -> None:
+        """Invalidation policy: which committed events make which cached values stale. Each
+        scope is bumped once however many of the events touch it."""
+        scopes: dict[str, Scope] = {}
+        for topic, payload in events:
+            if "provider_id" in payload:
+                scope = provider_scope(payload["provider_id"])
+                scopes[scope.version_key] = scope
+            if topic.startswith(CATALOG_TOPICS):
+                scopes[CATALOG.version_key] = CATALOG
+        await self.bump(*scopes.values())
+
     async def on_event(self, topic: str, payload: dict[str, Any]) -> None:
-        """Invalidation policy: which committed events make which cached values stale."""
-        scopes = [provider_scope(payload["provider_id"])] if "provider_id" in payload else []
-        if topic.startswith(CATALOG_TOPICS):
-            scopes.append(CATALOG)
-        await self.bump(*scopes)
+        await self.on_events([(topic, payload)])
 
 
 CacheDep = Annotated["Cache", Depends(get_cache)]

@@ -34,8 +34,7 @@ def _announce(session: AsyncSession, events: list[tuple[str, dict[str, Any]]]) -
         return
 
     async def publish() -> None:
-        for topic, payload in events:
-            await bus.publish(topic, payload)
+        await bus.publish(events)
 
     after_commit(session, publish)
 
