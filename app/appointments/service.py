@@ -207,6 +207,7 @@ async def book(
         "appointment.booked",
         _event(appointment, starts_at=starts_at.isoformat(), ends_at=ends_at.isoformat()),
     )
+    await _audit(session, principal, "appointment.booked", [appointment.id])
     return await get(session, principal, appointment.id)
 
 
@@ -280,10 +281,7 @@ async def change_status(
         TOPICS[to],
         _event(row.Appointment, status=to.value, by=str(principal.user_id), reason=reason),
     )
-    if principal.role in OPERATORS:
-        await audit.record(
-            session, principal.user_id, TOPICS[to], "appointment", [appointment_id], _why(reason)
-        )
+    await _audit(session, principal, TOPICS[to], [appointment_id], _why(reason))
     return _out(
         row,
         status=changed.status,
@@ -327,11 +325,30 @@ async def reschedule(
             ends_at=ends_at.isoformat(),
         ),
     )
+    await _audit(
+        session,
+        principal,
+        "appointment.rescheduled",
+        [appointment.id],
+        {"from": old_start.isoformat(), "to": starts_at.isoformat()},
+    )
     return _out(row, starts_at=starts_at, ends_at=ends_at, updated_at=moved.updated_at)
 
 
 def _why(reason: str | None) -> dict[str, Any]:
     return {"reason": reason} if reason else {}
+
+
+async def _audit(
+    session: AsyncSession,
+    principal: Principal,
+    action: str,
+    ids: Sequence[uuid.UUID],
+    details: dict[str, Any] | None = None,
+) -> None:
+    """Staff and admin actions on appointments go to the audit log, in the same transaction."""
+    if principal.role in OPERATORS:
+        await audit.record(session, principal.user_id, action, "appointment", ids, details)
 
 
 async def bulk(session: AsyncSession, principal: Principal, data: BulkIn) -> BulkOut:
@@ -357,15 +374,9 @@ async def bulk(session: AsyncSession, principal: Principal, data: BulkIn) -> Bul
             for row in changed
         ],
     )
-    if principal.role in OPERATORS:
-        await audit.record(
-            session,
-            principal.user_id,
-            TOPICS[to],
-            "appointment",
-            [row.id for row in changed],
-            {"bulk": True, **_why(reason)},
-        )
+    await _audit(
+        session, principal, TOPICS[to], [row.id for row in changed], {"bulk": True, **_why(reason)}
+    )
     outcome = {row.id: row for row in rows}
     return BulkOut(results=[_bulk_result(outcome[i]) for i in data.ids])
 
@@ -410,11 +421,10 @@ async def cancel_range(
             for row in rows
         ],
     )
-    await audit.record(
+    await _audit(
         session,
-        principal.user_id,
+        principal,
         TOPICS[AppointmentStatus.CANCELLED],
-        "appointment",
         [row.id for row in rows],
         {"range": [data.from_.isoformat(), data.to.isoformat()], **_why(data.reason)},
     )

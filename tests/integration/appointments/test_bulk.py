@@ -497,3 +497,49 @@ async def test_bad_ranges_are_refused_and_cancel_nothing(
 
     assert_problem(response, status, code)
     assert (await _statuses(database, [visit]))[visit] == "booked"
+
+
+async def test_every_staff_action_on_a_visit_is_audited_and_patients_actions_are_not(
+    client: httpx.AsyncClient, booking: Booking, accounts: Accounts, database: Database
+) -> None:
+    provider = await booking.provider()
+    patient = await accounts.create(Role.PATIENT)
+    staff = await accounts.create(Role.STAFF, clinic_id=provider.clinic_id)
+    day = next_local_day(provider.timezone)
+    start = local_instant(day, time(9, 0), provider.timezone)
+
+    own = await booking.book(patient, provider, start)
+    assert own.status_code == 201, own.text
+    cancelled = await client.post(
+        f"/v1/appointments/{own.json()['id']}/cancel", json={}, headers=patient.headers
+    )
+    assert cancelled.status_code == 200, cancelled.text
+    assert await _audit(database) == []
+
+    booked = await client.post(
+        "/v1/appointments",
+        json={
+            "provider_id": str(provider.id),
+            "start": start.isoformat(),
+            "patient_id": str(patient.id),
+        },
+        headers={**staff.headers, "Idempotency-Key": booking.key()},
+    )
+    assert booked.status_code == 201, booked.text
+    visit = booked.json()["id"]
+    moved = await client.post(
+        f"/v1/appointments/{visit}/reschedule",
+        json={"start": (start + timedelta(hours=1)).isoformat()},
+        headers={**staff.headers, "Idempotency-Key": booking.key()},
+    )
+    assert moved.status_code == 200, moved.text
+    checked_in = await client.post(f"/v1/appointments/{visit}/check-in", headers=staff.headers)
+    assert checked_in.status_code == 200, checked_in.text
+
+    audit = await _audit(database)
+    assert [(row.actor_id, row.action, row.entity, row.entity_id) for row in audit] == [
+        (staff.id, "appointment.booked", "appointment", visit),
+        (staff.id, "appointment.rescheduled", "appointment", visit),
+        (staff.id, "appointment.checked_in", "appointment", visit),
+    ]
+    assert audit[1].details["to"] == (start + timedelta(hours=1)).astimezone(UTC).isoformat()
