@@ -235,14 +235,19 @@ async def _database_unavailable(request: Request, exc: Exception) -> Response:
     )
 
 
-def _is_unavailability(exc: DBAPIError) -> bool:
-    """Connection loss, timeouts and cancellations: the client may retry; nothing else is."""
-    if isinstance(exc, InterfaceError) or exc.connection_invalidated:
-        return True
+def _sqlstate(exc: DBAPIError) -> str | None:
     orig = getattr(exc, "orig", None)
     sqlstate = getattr(orig, "sqlstate", None) or getattr(
         getattr(orig, "__cause__", None), "sqlstate", None
     )
+    return sqlstate if isinstance(sqlstate, str) else None
+
+
+def _is_unavailability(exc: DBAPIError) -> bool:
+    """Connection loss, timeouts and cancellations: the client may retry; nothing else is."""
+    if isinstance(exc, InterfaceError) or exc.connection_invalidated:
+        return True
+    sqlstate = _sqlstate(exc)
     # 57014 query_canceled (statement_timeout), 55P03 lock_not_available (lock_timeout),
     # 40001/40P01 serialization failure and deadlock (nothing was committed; a retry may pass),
     # 57P0x server shutting down, 08xxx connection exceptions.
@@ -252,10 +257,31 @@ def _is_unavailability(exc: DBAPIError) -> bool:
     )
 
 
+# Values that passed validation but that PostgreSQL cannot hold: the request is at fault, and
+# its transaction rolled back, so nothing was stored. The backstop behind every schema.
+_UNSTORABLE_INPUT = {
+    "22021": "A text contains a character that cannot be stored (such as NUL).",
+    "22P05": "A text contains a character that cannot be stored (such as NUL).",
+    "22008": "A date or time is out of the supported range.",
+    "22003": "A number is out of the supported range.",
+}
+
+
 async def _dbapi_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, DBAPIError)
     if _is_unavailability(exc):
         return await _database_unavailable(request, exc)
+    message = _UNSTORABLE_INPUT.get(_sqlstate(exc) or "")
+    if message is not None:
+        logger.info("input refused by the database", extra={"sqlstate": _sqlstate(exc)})
+        return problem_response(
+            422,
+            "validation_error",
+            title="Invalid request",
+            detail=message,
+            extra={"errors": [{"loc": ["request"], "msg": message}]},
+            request_id=_request_id(request),
+        )
     raise exc
 
 
