@@ -22,6 +22,8 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
+from app.kit.metrics import BOOKING_CONFLICTS
+
 logger = logging.getLogger("carebook.errors")
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
@@ -168,6 +170,8 @@ def _loc(raw: Sequence[Any]) -> list[str | int]:
 
 async def _app_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, AppError)
+    if exc.code == SlotUnavailable.code:
+        BOOKING_CONFLICTS.inc()
     return problem_response(
         exc.status,
         exc.code,
