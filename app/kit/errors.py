@@ -226,8 +226,10 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 async def _database_unavailable(request: Request, exc: Exception) -> Response:
+    # The SQLSTATE tells a timeout (57014), a lock wait (55P03) and a lost server (08xxx) apart.
     logger.warning(
-        "database unavailable", extra={"error": type(exc).__name__, "path": request.url.path}
+        "database unavailable",
+        extra={"error": type(exc).__name__, "sqlstate": _sqlstate(exc), "path": request.url.path},
     )
     return problem_response(
         503,
@@ -239,14 +241,19 @@ async def _database_unavailable(request: Request, exc: Exception) -> Response:
     )
 
 
-def _is_unavailability(exc: DBAPIError) -> bool:
-    """Connection loss, timeouts and cancellations: the client may retry; nothing else is."""
-    if isinstance(exc, InterfaceError) or exc.connection_invalidated:
-        return True
+def _sqlstate(exc: Exception) -> str | None:
     orig = getattr(exc, "orig", None)
     sqlstate = getattr(orig, "sqlstate", None) or getattr(
         getattr(orig, "__cause__", None), "sqlstate", None
     )
+    return sqlstate if isinstance(sqlstate, str) else None
+
+
+def _is_unavailability(exc: DBAPIError) -> bool:
+    """Connection loss, timeouts and cancellations: the client may retry; nothing else is."""
+    if isinstance(exc, InterfaceError) or exc.connection_invalidated:
+        return True
+    sqlstate = _sqlstate(exc)
     # 57014 query_canceled (statement_timeout), 55P03 lock_not_available (lock_timeout),
     # 40001/40P01 serialization failure and deadlock (nothing was committed; a retry may pass),
     # 57P0x server shutting down, 08xxx connection exceptions.
