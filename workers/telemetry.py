@@ -21,6 +21,9 @@ from app.kit.metrics import JOB_DURATION, JOB_FAILURES, JOB_RETRIES, JOB_RUNS
 
 def instrumented(job: Callable[..., Awaitable[Any]]) -> WorkerCoroutine:
     name = job.__name__
+    # Series exist at 0 from the start, so rates and "no failures" can be read before any.
+    for counter in (JOB_RUNS, JOB_FAILURES, JOB_RETRIES):
+        counter.labels(name)
 
     @functools.wraps(job)
     async def run(ctx: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
