@@ -63,14 +63,11 @@ def setup(settings: Settings, *, exporter: SpanExporter | None = None) -> Tracer
         return _provider
     if exporter is not None:
         processor: SimpleSpanProcessor | BatchSpanProcessor = SimpleSpanProcessor(exporter)
-    elif settings.otel_exporter == "none":
-        return None
-    elif settings.otel_exporter == "console":
-        processor = BatchSpanProcessor(ConsoleSpanExporter())
     else:
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-
-        processor = BatchSpanProcessor(OTLPSpanExporter(endpoint=settings.otel_endpoint))
+        configured = exporter_for(settings)
+        if configured is None:
+            return None
+        processor = BatchSpanProcessor(configured)
     provider = TracerProvider(
         resource=Resource.create({"service.name": settings.otel_service_name}),
         sampler=ParentBased(TraceIdRatioBased(settings.otel_sample_ratio)),
@@ -82,6 +79,17 @@ def setup(settings: Settings, *, exporter: SpanExporter | None = None) -> Tracer
         trace.set_tracer_provider(provider)
     logger.info("tracing enabled", extra={"exporter": settings.otel_exporter})
     return provider
+
+
+def exporter_for(settings: Settings) -> SpanExporter | None:
+    """The exporter `CAREBOOK_OTEL_EXPORTER` names (None for `none`)."""
+    if settings.otel_exporter == "console":
+        return ConsoleSpanExporter()
+    if settings.otel_exporter == "otlp":
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        return OTLPSpanExporter(endpoint=settings.otel_endpoint)
+    return None
 
 
 def shutdown() -> None:
