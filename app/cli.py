@@ -138,7 +138,11 @@ def serve(
     """
     import uvicorn
 
-    with _environment(data_dir, with_redis=True) as settings, _demo_integrations(demo):
+    with (
+        _environment(data_dir, with_redis=True) as settings,
+        _demo_integrations(demo),
+        _multiprocess_metrics(workers),
+    ):
         if demo:
             from app.seed import print_demo_logins, seed_demo
 
@@ -160,6 +164,25 @@ def serve(
         )
 
 
+@contextmanager
+def _multiprocess_metrics(workers: int) -> Iterator[None]:
+    """Several uvicorn processes share their Prometheus values through files in a fresh folder
+    (one per run, removed afterwards), so /metrics reports all of them whichever one answers."""
+    if workers == 1 or os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        yield
+        return
+    import shutil
+    import tempfile
+
+    folder = tempfile.mkdtemp(prefix="carebook-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = folder
+    try:
+        yield
+    finally:
+        os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 @cli.command()
 def worker(data_dir: DataDir = None) -> None:
     """Run the background job worker (ARQ): the jobs and cron jobs of workers/settings.py."""
@@ -168,6 +191,10 @@ def worker(data_dir: DataDir = None) -> None:
 
     with _environment(data_dir, with_redis=True) as settings:
         configure_logging(settings.log_level, json=settings.log_json)
+        if settings.worker_metrics_port is not None:
+            from prometheus_client import start_http_server
+
+            start_http_server(settings.worker_metrics_port, addr=settings.worker_metrics_host)
         asyncio.run(run_until_signalled(settings))
 
 

@@ -22,6 +22,8 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
+from app.kit.metrics import BOOKING_CONFLICTS
+
 logger = logging.getLogger("carebook.errors")
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
@@ -168,6 +170,8 @@ def _loc(raw: Sequence[Any]) -> list[str | int]:
 
 async def _app_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, AppError)
+    if exc.code == SlotUnavailable.code:
+        BOOKING_CONFLICTS.inc()
     return problem_response(
         exc.status,
         exc.code,
@@ -222,8 +226,10 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 async def _database_unavailable(request: Request, exc: Exception) -> Response:
+    # The SQLSTATE tells a timeout (57014), a lock wait (55P03) and a lost server (08xxx) apart.
     logger.warning(
-        "database unavailable", extra={"error": type(exc).__name__, "path": request.url.path}
+        "database unavailable",
+        extra={"error": type(exc).__name__, "sqlstate": _sqlstate(exc), "path": request.url.path},
     )
     return problem_response(
         503,
@@ -235,7 +241,7 @@ async def _database_unavailable(request: Request, exc: Exception) -> Response:
     )
 
 
-def _sqlstate(exc: DBAPIError) -> str | None:
+def _sqlstate(exc: Exception) -> str | None:
     orig = getattr(exc, "orig", None)
     sqlstate = getattr(orig, "sqlstate", None) or getattr(
         getattr(orig, "__cause__", None), "sqlstate", None
