@@ -128,6 +128,9 @@ class Cache:
         # theirs): the first successful contact afterwards bumps the generation.
         self._suspect_stale = False
         self._outages_seen = self.circuit.outages
+        # How long a process waits for another's computation before computing itself: bounded,
+        # so a holder that died or is slow costs the others at most this much.
+        self.lock_wait_seconds = _LOCK_WAIT_SECONDS
 
     @property
     def available(self) -> bool:
@@ -213,7 +216,7 @@ class Cache:
         locked = await self._call(lambda: self._try_lock(lock_key))
         if locked is False:
             # Another process is computing this very key: wait briefly for its result.
-            deadline = time.monotonic() + _LOCK_WAIT_SECONDS
+            deadline = time.monotonic() + self.lock_wait_seconds
             while time.monotonic() < deadline:
                 await asyncio.sleep(_LOCK_POLL_SECONDS)
                 value = await self._call(lambda: redis.get(full_key))
