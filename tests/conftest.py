@@ -3,4 +3,5 @@ pytest_plugins = [
     "tests.fixtures.app",
     "tests.fixtures.booking",
     "tests.fixtures.worker",
+    "tests.fixtures.records",
 ]

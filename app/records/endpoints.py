@@ -115,7 +115,8 @@ async def download_file(
     return FileResponse(
         path,
         media_type=download.content_type,
-        filename=download.filename,
-        content_disposition_type="attachment",
-        headers={"X-Content-Type-Options": "nosniff"},
+        headers={
+            "Content-Disposition": LocalStorage.content_disposition(download.filename),
+            "X-Content-Type-Options": "nosniff",
+        },
     )

@@ -10,7 +10,7 @@ from app.models import Role
 from tests.fixtures.app import Accounts
 from tests.fixtures.booking import Booking
 from tests.fixtures.problems import assert_problem
-from tests.integration.records.conftest import RECORD, CareTeam, add_records, add_visit
+from tests.fixtures.records import RECORD, CareTeam, add_records, add_visit
 
 SEE = ["patient", "provider", "staff", "admin"]
 NOT_SEE = ["other_patient", "other_provider", "other_staff"]
