@@ -6,13 +6,18 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, StringConstraints
 
-from app.kit.schemas import ShortText
-
 # A short label such as "lab_result" or "imaging"; not free text.
 RecordType = Annotated[
     str,
     StringConstraints(
         strip_whitespace=True, min_length=1, max_length=50, pattern=r"^[A-Za-z0-9][\w .-]*$"
+    ),
+]
+# A title also names the downloaded file: no control characters (PostgreSQL refuses NUL).
+Title = Annotated[
+    str,
+    StringConstraints(
+        strip_whitespace=True, min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$"
     ),
 ]
 # Checked against CAREBOOK_RECORD_CONTENT_TYPES by the service; bounded here.
@@ -23,7 +28,7 @@ ContentType = Annotated[
 
 class RecordIn(BaseModel):
     record_type: RecordType
-    title: ShortText
+    title: Title
     content_type: ContentType
     # Strict: a size is a JSON integer, not a string or a boolean. The upper bound is a
     # setting (CAREBOOK_RECORD_MAX_BYTES), checked by the service.

@@ -255,3 +255,18 @@ async def test_a_file_not_yet_uploaded_is_not_found(
     await _create(http, team)
     (item,) = (await http.get(team.records_path(), headers=team.admin.headers)).json()["items"]
     assert_problem(await http.get(item["download_url"]), 404, "not_found")
+
+
+async def test_a_title_in_any_script_names_the_download(
+    http: httpx.AsyncClient, team: CareTeam
+) -> None:
+    created = await _create(http, team, title="Радиография / грудь")
+    assert (await _upload(http, created)).status_code == 204
+    (item,) = (await http.get(team.records_path(), headers=team.admin.headers)).json()["items"]
+    download = await http.get(item["download_url"])
+    assert download.status_code == 200
+    assert download.headers["content-disposition"] == (
+        'attachment; filename="___________ _ _____.txt"; '
+        "filename*=UTF-8''%D0%A0%D0%B0%D0%B4%D0%B8%D0%BE%D0%B3%D1%80%D0%B0%D1%84%D0%B8%D1%8F"
+        "%20%2F%20%D0%B3%D1%80%D1%83%D0%B4%D1%8C.txt"
+    )

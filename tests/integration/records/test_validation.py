@@ -24,6 +24,8 @@ BAD: list[tuple[dict[str, Any], str]] = [
     ({"title": "   "}, "title"),
     ({"title": "t" * 201}, "title"),
     ({"title": 7}, "title"),
+    ({"title": "a\u0000b"}, "title"),
+    ({"title": "line\nbreak"}, "title"),
     ({"record_type": ""}, "record_type"),
     ({"record_type": "r" * 51}, "record_type"),
     ({"record_type": "<script>"}, "record_type"),
@@ -60,11 +62,11 @@ async def test_a_body_that_is_not_json_is_a_validation_error(
 
 
 async def test_accepted_values_are_normalised(http: httpx.AsyncClient, team: CareTeam) -> None:
-    data = {**RECORD, "content_type": " Application/PDF ", "title": "  X-ray  ", "size_bytes": 1}
+    data = {**RECORD, "content_type": " Application/PDF ", "title": "  X-ray é  ", "size_bytes": 1}
     response = await http.post(team.records_path(), json=data, headers=team.staff.headers)
     assert response.status_code == 201, response.text
     record = response.json()["record"]
-    assert (record["content_type"], record["title"]) == ("application/pdf", "X-ray")
+    assert (record["content_type"], record["title"]) == ("application/pdf", "X-ray é")
     maximum = {**RECORD, "size_bytes": 25 * 1024 * 1024}
     response = await http.post(team.records_path(), json=maximum, headers=team.staff.headers)
     assert response.status_code == 201, response.text
