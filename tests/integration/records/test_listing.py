@@ -3,7 +3,6 @@ constant number of statements, and URLs cached in Redis for less than their life
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -14,11 +13,10 @@ from redis.asyncio import Redis
 from app.kit.cache import Cache
 from app.kit.db import Database
 from app.settings import Settings
-from tests.fixtures import servers
 from tests.fixtures.app import client_for, count_statements, running_app
 from tests.fixtures.problems import assert_problem
 from tests.fixtures.records import CareTeam, add_records, records_settings
-from tests.fixtures.redis_proxy import RedisProxy, running_redis_proxy
+from tests.fixtures.redis_proxy import RedisProxy, redis_proxy  # noqa: F401 (a fixture)
 
 
 async def test_newest_first_in_keyset_pages(
@@ -129,33 +127,18 @@ async def test_download_urls_are_cached_for_half_their_lifetime(
     assert {i["download_url"] for i in theirs}.isdisjoint(i["download_url"] for i in first)
 
 
-@pytest.fixture
-async def proxy(test_servers: servers.TestServers) -> AsyncIterator[RedisProxy]:
-    async with running_redis_proxy(test_servers.redis_url) as redis_proxy:
-        yield redis_proxy
-
-
-@pytest.fixture
-async def direct_redis(test_servers: servers.TestServers) -> AsyncIterator[Redis]:
-    client: Redis = Redis.from_url(test_servers.redis_url)
-    try:
-        yield client
-    finally:
-        await client.aclose()
-
-
 async def test_with_redis_down_urls_are_signed_afresh(
     settings: Settings,
-    proxy: RedisProxy,
-    direct_redis: Redis,
+    redis_proxy: RedisProxy,  # noqa: F811 (the imported fixture)
+    records_app: FastAPI,
     team: CareTeam,
     database: Database,
     tmp_path: Path,
 ) -> None:
     await add_records(database, team.patient, team.staff, 4)
-    app_settings = records_settings(settings, tmp_path, redis_url=proxy.url)
+    app_settings = records_settings(settings, tmp_path, redis_url=redis_proxy.url)
     async with running_app(app_settings) as app, client_for(app) as client:
-        await proxy.set_mode("refuse")
+        await redis_proxy.set_mode("refuse")
         for _ in range(2):
             with count_statements(app.state.database.primary) as log:
                 response = await client.get(team.records_path(), headers=team.provider.headers)
@@ -166,7 +149,8 @@ async def test_with_redis_down_urls_are_signed_afresh(
             assert log.count == 2
         cache: Cache = app.state.cache
         assert cache.stats.hits.get("record_url", 0) == 0
-        assert await direct_redis.keys("cb:v1:record_url:*") == []
+        real_redis: Redis = records_app.state.redis  # the same Redis, not through the proxy
+        assert await real_redis.keys("cb:v1:record_url:*") == []
         # The URLs work: a signed download of a record without a file is a clean 404.
         file = await client.get(items[0]["download_url"])
         assert_problem(file, 404, "not_found")
