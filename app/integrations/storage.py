@@ -271,8 +271,8 @@ class LocalStorage:
     def path_for(self, key: str) -> Path:
         _check_key(key)
         path = self.root.joinpath(*key.split("/"))
-        # Belt and braces: the pattern already makes `..` and absolute parts impossible.
-        if not path.resolve().is_relative_to(self.root.resolve()):
+        # Belt and braces (and no file system call): the pattern already rules out `..`.
+        if not Path(os.path.normpath(path)).is_relative_to(os.path.normpath(self.root)):
             raise ValueError("key escapes the storage folder")
         return path
 
@@ -292,8 +292,8 @@ _ALGORITHM = "AWS4-HMAC-SHA256"
 _UNRESERVED = "-_.~"  # with letters and digits: the only characters SigV4 leaves unencoded
 
 
-def _uri_encode(value: str, *, slash: bool = True) -> str:
-    return quote(value, safe=_UNRESERVED + ("" if slash else "/"))
+def _uri_encode(value: str, *, keep_slash: bool = False) -> str:
+    return quote(value, safe=_UNRESERVED + ("/" if keep_slash else ""))
 
 
 def _hmac(key: bytes, message: str) -> bytes:
@@ -416,7 +416,7 @@ class S3Storage:
 
     def object_url(self, key: str) -> str:
         _check_key(key)
-        return f"{self.endpoint_url}/{_uri_encode(self.bucket)}/{_uri_encode(key, slash=False)}"
+        return f"{self.endpoint_url}/{_uri_encode(self.bucket)}/{_uri_encode(key, keep_slash=True)}"
 
     def presign_upload(
         self, key: str, *, content_type: str, size_bytes: int, expires_in: int, base_url: str
