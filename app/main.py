@@ -18,6 +18,7 @@ from app.availability.endpoints import router as availability_router
 from app.catalog.endpoints import router as catalog_router
 from app.health.endpoints import router as health_router
 from app.integrations.fcm import Fcm
+from app.integrations.storage import FILES_PREFIX, create_storage
 from app.integrations.videosdk import VideoSdk
 from app.kit import telemetry
 from app.kit.cache import INVALIDATING_TOPICS, Cache
@@ -68,6 +69,7 @@ def _lifespan(settings: Settings) -> Callable[[FastAPI], AbstractAsyncContextMan
         # adapters for their configuration: join URLs and what /health/ready reports.
         app.state.videosdk = VideoSdk(settings)
         app.state.fcm = Fcm(settings)
+        app.state.storage = create_storage(settings)  # records' files (signing only, no I/O)
         worker_task: asyncio.Task[None] | None = None
         if settings.run_worker_in_process:
             from workers.runner import run_worker
@@ -109,7 +111,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # compression of large bodies (audit F20).
     app.add_middleware(GZipMiddleware, minimum_size=1024, compresslevel=5)
     app.add_middleware(RateLimitMiddleware)
-    app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        RequestContextMiddleware,
+        max_body_bytes=settings.max_body_bytes,
+        # Record uploads are bounded by their signed size (checked by the file route).
+        path_body_limits={FILES_PREFIX: max(settings.record_max_bytes, settings.max_body_bytes)},
+    )
     app.include_router(health_router)
     for router in (
         metrics_router,

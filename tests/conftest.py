@@ -4,4 +4,5 @@ pytest_plugins = [
     "tests.fixtures.booking",
     "tests.fixtures.worker",
     "tests.fixtures.observability",
+    "tests.fixtures.records",
 ]

@@ -19,7 +19,7 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any, TypeVar
 
@@ -266,6 +266,35 @@ class Cache:
             )
         else:
             self.circuit.succeeded()
+
+    async def get_many(self, name: str, keys: Sequence[str]) -> list[bytes | None]:
+        """Plain values (no versioning) in one round trip; all None when Redis is away."""
+        redis = self.redis
+        if not keys or redis is None:
+            return [None] * len(keys)
+        full = [f"{_PREFIX}:{name}:{key}" for key in keys]
+        found: list[Any] | None = await self._call(lambda: redis.mget(full))
+        if found is None:
+            return [None] * len(keys)
+        values = [None if value is None else bytes(value) for value in found]
+        for value in values:
+            (self.stats.miss if value is None else self.stats.hit)(name)
+        return values
+
+    async def set_many(self, name: str, values: Mapping[str, bytes], *, ttl_seconds: int) -> None:
+        """Store plain values with a TTL in one round trip; a failure is only logged."""
+        if not values or not self.available:
+            return
+        redis = self.redis
+        assert redis is not None
+
+        async def store() -> None:
+            async with redis.pipeline(transaction=False) as pipe:
+                for key, value in values.items():
+                    pipe.set(f"{_PREFIX}:{name}:{key}", value, ex=ttl_seconds)
+                await pipe.execute()
+
+        await self._call(store)
 
     async def on_events(self, events: Events) -> None:
         """Invalidation policy: which committed events make which cached values stale. Each

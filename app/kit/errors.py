@@ -130,6 +130,22 @@ class ServiceUnavailable(AppError):
     status, code, title = 503, "service_unavailable", "Service temporarily unavailable"
 
 
+class UnsupportedMediaType(AppError):
+    status, code, title = 415, "unsupported_media_type", "Unsupported media type"
+
+
+class UrlSignatureInvalid(AppError):
+    """A signed file URL that this server did not sign, or that was changed (0002)."""
+
+    status, code, title = 403, "signature_invalid", "Invalid signed URL"
+
+
+class UrlExpired(AppError):
+    """A genuine signed file URL whose lifetime is over (0002)."""
+
+    status, code, title = 403, "url_expired", "Signed URL expired"
+
+
 def problem_response(
     status: int,
     code: str,

@@ -7,6 +7,7 @@ import math
 import re
 import time
 import uuid
+from collections.abc import Mapping
 
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -31,9 +32,23 @@ class RequestContextMiddleware:
     route's template (`/v1/appointments/{appointment_id}`), never the raw path, so ids cannot
     multiply label values; requests that matched no route share one label."""
 
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        max_body_bytes: int,
+        path_body_limits: Mapping[str, int] | None = None,
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        # Other limits for paths under a prefix (file uploads), still bounded.
+        self.path_body_limits = dict(path_body_limits or {})
+
+    def _limit_for(self, path: str) -> int:
+        for prefix, limit in self.path_body_limits.items():
+            if path.startswith(prefix):
+                return limit
+        return self.max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -66,20 +81,19 @@ class RequestContextMiddleware:
             await send(message)
 
         try:
+            limit = self._limit_for(scope.get("path", ""))
             declared = headers.get(b"content-length")
-            if declared is not None and (
-                not declared.isdigit() or int(declared) > self.max_body_bytes
-            ):
+            if declared is not None and (not declared.isdigit() or int(declared) > limit):
                 response = problem_response(
                     413,
                     "payload_too_large",
                     title="Payload too large",
-                    detail=f"Request bodies are limited to {self.max_body_bytes} bytes.",
+                    detail=f"Request bodies are limited to {limit} bytes.",
                     request_id=request_id,
                 )
                 await response(scope, receive, send_with_id)
                 return
-            await self.app(scope, self._bounded(receive), send_with_id)
+            await self.app(scope, self._bounded(receive, limit), send_with_id)
         except Exception:
             logger.exception("unhandled error", extra={"path": scope.get("path")})
             if not started:
@@ -110,9 +124,8 @@ class RequestContextMiddleware:
             user_id_var.reset(user_token)
             request_id_var.reset(token)
 
-    def _bounded(self, receive: Receive) -> Receive:
+    def _bounded(self, receive: Receive, limit: int) -> Receive:
         received = 0
-        limit = self.max_body_bytes
 
         async def bounded_receive() -> Message:
             nonlocal received
