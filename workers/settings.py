@@ -12,6 +12,7 @@ from typing import Any
 from arq import cron, func
 from arq.connections import RedisSettings
 
+from app.analytics.tasks import REBUILD_TIMEOUT_SECONDS, rebuild_clinic_stats
 from app.auth.tasks import purge_refresh_tokens
 from app.integrations.fcm import Fcm
 from app.integrations.videosdk import VideoSdk
@@ -81,6 +82,7 @@ def worker_options(settings: Settings, *, relay: bool = True) -> dict[str, Any]:
             expire_idempotency_keys,
             catch_up_reminders,
             retry_video_rooms,
+            func(rebuild_clinic_stats, timeout=REBUILD_TIMEOUT_SECONDS),
         ],
         "cron_jobs": [
             cron(sweep_outbox, second={7}, run_at_startup=True),
@@ -89,6 +91,8 @@ def worker_options(settings: Settings, *, relay: bool = True) -> dict[str, Any]:
             # Both also run at startup: that is when downtime has left work behind.
             cron(catch_up_reminders, minute=every_five_minutes, second={37}, run_at_startup=True),
             cron(retry_video_rooms, minute=every_five_minutes, second={47}, run_at_startup=True),
+            # Repairs clinic_daily_stats from appointments (the events keep it current).
+            cron(rebuild_clinic_stats, hour={2}, minute={41}, timeout=REBUILD_TIMEOUT_SECONDS),
         ],
         "redis_settings": RedisSettings.from_dsn(settings.redis_url),
         "on_startup": _startup_for(settings, relay=relay),
