@@ -28,7 +28,7 @@ import uuid
 from collections.abc import Sequence
 from datetime import date, datetime
 
-from sqlalchemy import Float, Integer, cast, func, select, text, true, tuple_
+from sqlalchemy import Float, cast, func, select, text, true, tuple_, type_coerce
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.kit.db import AnyRow
@@ -178,11 +178,13 @@ async def clinic_figures(
         select(
             Clinic.id.label("clinic_id"),
             Clinic.name.label("clinic_name"),
-            cast(totals.c.booked, Integer).label("booked"),
-            cast(totals.c.completed, Integer).label("completed"),
-            cast(totals.c.cancelled, Integer).label("cancelled"),
-            cast(totals.c.no_show, Integer).label("no_show"),
-            (cast(totals.c.no_show, Float) / func.nullif(seen, 0)).label("no_show_rate"),
+            totals.c.booked,
+            totals.c.completed,
+            totals.c.cancelled,
+            totals.c.no_show,
+            (cast(totals.c.no_show, Float) / type_coerce(func.nullif(seen, 0), Float)).label(
+                "no_show_rate"
+            ),
         )
         .select_from(Clinic)
         .join(totals, true())

@@ -15,7 +15,13 @@ from fastapi import FastAPI
 from sqlalchemy import text
 
 from app.analytics import service
-from app.analytics.tasks import APPOINTMENT_TOPICS, rebuild_stats, refresh_clinic_stats
+from app.analytics.tasks import (
+    APPOINTMENT_TOPICS,
+    REBUILD_TIMEOUT_SECONDS,
+    rebuild_clinic_stats,
+    rebuild_stats,
+    refresh_clinic_stats,
+)
 from app.kit.db import Database
 from app.kit.outbox import Event
 from app.models import Role
@@ -34,6 +40,7 @@ from tests.integration.analytics.oracle import (
     zoneinfo_figures,
 )
 from workers.outbox import OutboxRelay
+from workers.settings import worker_options
 
 
 async def _admin_headers(accounts: Accounts) -> dict[str, str]:
@@ -248,3 +255,25 @@ def test_month_chunks_cover_the_range_exactly() -> None:
     year = service.month_chunks(date(2028, 1, 1), date(2028, 12, 31))
     assert len(year) == 12
     assert sum((b - a).days + 1 for a, b in year) == 366
+
+
+async def test_the_nightly_cron_rebuilds_everything(settings: Settings, database: Database) -> None:
+    crons = {job.name: job for job in worker_options(settings)["cron_jobs"]}
+    nightly = crons["cron:rebuild_clinic_stats"]
+    assert (nightly.hour, nightly.minute) == ({2}, {41})
+    assert nightly.timeout_s == REBUILD_TIMEOUT_SECONDS  # beyond the 60 s default of jobs
+
+    clinics = await seed_random_visits(database, random.Random(5), per_provider=10)
+    result = await rebuild_clinic_stats({"database": database})
+    assert result["rows"] > 0
+    first, last = YEAR_START - timedelta(days=10), YEAR_END + timedelta(days=10)
+    expected = await group_by(database, first, last)
+    async with database.reading(primary=True) as session:
+        rows = await session.execute(
+            text(
+                "SELECT clinic_id, sum(booked), sum(completed), sum(cancelled), sum(no_show) "
+                "FROM clinic_daily_stats GROUP BY clinic_id"
+            )
+        )
+        built = {row[0]: tuple(int(v) for v in row[1:]) for row in rows}
+    assert built == {clinic: expected[clinic] for clinic in clinics.clinic_ids}
