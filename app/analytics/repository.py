@@ -38,8 +38,6 @@ from app.models import Clinic, ClinicDailyStat, User
 _REBUILD_LOCK = 0x43425201
 _DAY_LOCK = 0x43425202
 
-_SET_LOCAL = text("SELECT set_config(:name, :value, true)")
-
 
 def _local_day(instant: str) -> str:
     """The local date of an instant in the zone of clinic `c`: the one definition of "day"."""
@@ -142,9 +140,13 @@ _EXTENT = text(
 )
 
 
-async def set_local(session: AsyncSession, name: str, value: str) -> None:
-    """`SET LOCAL name = value`: for this transaction only (reverted at commit or rollback)."""
-    await session.execute(_SET_LOCAL, {"name": name, "value": value})
+async def set_local(session: AsyncSession, **settings: str) -> None:
+    """`SET LOCAL name = value` for each: this transaction only (reverted at its end)."""
+    calls = ", ".join(f"set_config(:n{i}, :v{i}, true)" for i in range(len(settings)))
+    params = {}
+    for i, (name, value) in enumerate(settings.items()):
+        params[f"n{i}"], params[f"v{i}"] = name, value
+    await session.execute(text(f"SELECT {calls}"), params)
 
 
 async def clinic_figures(
