@@ -202,6 +202,11 @@ async def test_incremental_updates_through_the_worker_stay_exact(
     # Concurrently, too: the per-day locks serialise writers of a row without deadlocking.
     await asyncio.gather(*(refresh_clinic_stats(ctx, event) for event in events * 2))
     assert await report(client, admin.headers, first, last) == before
+    # And while a rebuild replaces the same rows (the rebuild lock orders them).
+    await asyncio.gather(
+        rebuild_stats(database, first, last), *(refresh_clinic_stats(ctx, e) for e in events)
+    )
+    assert await report(client, admin.headers, first, last) == before
 
 
 async def test_a_rebuild_repairs_drift_and_a_partial_one_stays_in_its_range(
