@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from app.analytics import tasks as analytics_tasks
 from app.kit import outbox, telemetry
 from app.kit.cache import INVALIDATING_TOPICS, Cache
 from app.kit.db import Database
@@ -42,6 +43,7 @@ HANDLERS: list[tuple[tuple[str, ...], Handler]] = [
     (INVALIDATING_TOPICS, invalidate_cache),
     (notification_tasks.APPOINTMENT_TOPICS, notification_tasks.plan_appointment_messages),
     (video_tasks.APPOINTMENT_TOPICS, video_tasks.plan_video),
+    (analytics_tasks.APPOINTMENT_TOPICS, analytics_tasks.refresh_clinic_stats),
 ]
 
 

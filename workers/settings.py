@@ -12,6 +12,7 @@ from typing import Any
 from arq import cron, func
 from arq.connections import RedisSettings
 
+from app.analytics.tasks import REBUILD_TIMEOUT_SECONDS, rebuild_clinic_stats
 from app.auth.tasks import purge_refresh_tokens
 from app.integrations.fcm import Fcm
 from app.integrations.videosdk import VideoSdk
@@ -91,7 +92,8 @@ def worker_options(settings: Settings, *, relay: bool = True) -> dict[str, Any]:
                 retry_video_rooms,
             )
         ]
-        + calling_out,
+        + calling_out
+        + [func(instrumented(rebuild_clinic_stats), timeout=REBUILD_TIMEOUT_SECONDS)],
         "cron_jobs": [
             cron(instrumented(sweep_outbox), second={7}, run_at_startup=True),
             cron(instrumented(expire_idempotency_keys), minute={23}),
@@ -108,6 +110,13 @@ def worker_options(settings: Settings, *, relay: bool = True) -> dict[str, Any]:
                 minute=every_five_minutes,
                 second={47},
                 run_at_startup=True,
+            ),
+            # Repairs clinic_daily_stats from appointments (the events keep it current).
+            cron(
+                instrumented(rebuild_clinic_stats),
+                hour={2},
+                minute={41},
+                timeout=REBUILD_TIMEOUT_SECONDS,
             ),
         ],
         "redis_settings": RedisSettings.from_dsn(settings.redis_url),
