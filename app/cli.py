@@ -1,4 +1,4 @@
-"""`carebook` command line: serve, worker, migrate, seed, create-user.
+"""`carebook` command line: serve, worker, migrate, seed, create-user, stats.
 
 With no `CAREBOOK_DATABASE_URL` / `CAREBOOK_REDIS_URL`, every command uses the embedded
 PostgreSQL and Redis under the data folder, also while `carebook serve` is running.
@@ -10,6 +10,7 @@ import asyncio
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -138,7 +139,11 @@ def serve(
     """
     import uvicorn
 
-    with _environment(data_dir, with_redis=True) as settings, _demo_integrations(demo):
+    with (
+        _environment(data_dir, with_redis=True) as settings,
+        _demo_integrations(demo),
+        _multiprocess_metrics(workers),
+    ):
         if demo:
             from app.seed import print_demo_logins, seed_demo
 
@@ -160,6 +165,25 @@ def serve(
         )
 
 
+@contextmanager
+def _multiprocess_metrics(workers: int) -> Iterator[None]:
+    """Several uvicorn processes share their Prometheus values through files in a fresh folder
+    (one per run, removed afterwards), so /metrics reports all of them whichever one answers."""
+    if workers == 1 or os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        yield
+        return
+    import shutil
+    import tempfile
+
+    folder = tempfile.mkdtemp(prefix="carebook-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = folder
+    try:
+        yield
+    finally:
+        os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 @cli.command()
 def worker(data_dir: DataDir = None) -> None:
     """Run the background job worker (ARQ): the jobs and cron jobs of workers/settings.py."""
@@ -168,6 +192,10 @@ def worker(data_dir: DataDir = None) -> None:
 
     with _environment(data_dir, with_redis=True) as settings:
         configure_logging(settings.log_level, json=settings.log_json)
+        if settings.worker_metrics_port is not None:
+            from prometheus_client import start_http_server
+
+            start_http_server(settings.worker_metrics_port, addr=settings.worker_metrics_host)
         asyncio.run(run_until_signalled(settings))
 
 
@@ -270,6 +298,38 @@ def create_user(
             typer.echo(f"error: {exc.detail}", err=True)
             raise typer.Exit(code=1) from exc
     typer.echo(f"Created {data.role} {data.email} with id {user_id}.")
+
+
+stats = typer.Typer(help="Clinic analytics tables.", no_args_is_help=True)
+cli.add_typer(stats, name="stats")
+
+_DATE = ["%Y-%m-%d"]
+
+
+@stats.command("rebuild")
+def stats_rebuild(
+    from_: Annotated[
+        datetime | None, typer.Option("--from", formats=_DATE, help="First date, YYYY-MM-DD.")
+    ] = None,
+    to: Annotated[
+        datetime | None, typer.Option("--to", formats=_DATE, help="Last date, inclusive.")
+    ] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Recompute clinic_daily_stats from appointments (all dates, or --from..--to)."""
+    from app.analytics.tasks import rebuild_with_settings
+
+    first, last = (from_.date() if from_ else None), (to.date() if to else None)
+    if first is not None and last is not None and last < first:
+        raise typer.BadParameter("--to must not be before --from")
+    with _environment(data_dir, with_redis=False) as settings:
+        _require_schema(settings)
+        summary = asyncio.run(rebuild_with_settings(settings, first, last))
+    span = f"{summary.first} to {summary.last}" if summary.first else "nothing to rebuild"
+    typer.echo(
+        f"Rebuilt clinic_daily_stats: {span}, {summary.rows} rows in {summary.chunks} "
+        f"monthly chunks, {summary.seconds:.1f} s."
+    )
 
 
 def main() -> None:

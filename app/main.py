@@ -18,12 +18,15 @@ from app.availability.endpoints import router as availability_router
 from app.catalog.endpoints import router as catalog_router
 from app.health.endpoints import router as health_router
 from app.integrations.fcm import Fcm
+from app.integrations.storage import FILES_PREFIX, create_storage
 from app.integrations.videosdk import VideoSdk
+from app.kit import telemetry
 from app.kit.cache import INVALIDATING_TOPICS, Cache
 from app.kit.db import Database
 from app.kit.errors import install_error_handlers
 from app.kit.events import EventBus
 from app.kit.logging import configure_logging
+from app.kit.metrics import OutboxCollector, mark_process_dead
 from app.kit.metrics import router as metrics_router
 from app.kit.middleware import RateLimitMiddleware, RequestContextMiddleware
 from app.kit.rate_limit import Policies, RateLimiter
@@ -57,14 +60,16 @@ def _lifespan(settings: Settings) -> Callable[[FastAPI], AbstractAsyncContextMan
         )
         events = EventBus()
         for topic in INVALIDATING_TOPICS:
-            events.subscribe(topic, app.state.cache.on_event)
+            events.subscribe(topic, app.state.cache.on_events)
         app.state.database = Database.connect(settings, settings.database_url, events=events)
+        app.state.outbox_metrics = OutboxCollector()
         app.state.passwords = Passwords(settings)
         app.state.tokens = Tokens(settings)
         # The API never calls VideoSDK or FCM on a request (the worker does); it holds the
         # adapters for their configuration: join URLs and what /health/ready reports.
         app.state.videosdk = VideoSdk(settings)
         app.state.fcm = Fcm(settings)
+        app.state.storage = create_storage(settings)  # records' files (signing only, no I/O)
         worker_task: asyncio.Task[None] | None = None
         if settings.run_worker_in_process:
             from workers.runner import run_worker
@@ -86,6 +91,7 @@ def _lifespan(settings: Settings) -> Callable[[FastAPI], AbstractAsyncContextMan
             if app.state.redis is not None:
                 await app.state.redis.aclose()
             await app.state.database.dispose()
+            mark_process_dead()
 
     return lifespan
 
@@ -99,11 +105,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=_lifespan(settings),
     )
     install_error_handlers(app)
+    telemetry.setup(settings)
+    telemetry.instrument_app(app)  # only when tracing is on
     # Added innermost first: request context wraps everything, then the per-IP limit, then
     # compression of large bodies (audit F20).
     app.add_middleware(GZipMiddleware, minimum_size=1024, compresslevel=5)
     app.add_middleware(RateLimitMiddleware)
-    app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        RequestContextMiddleware,
+        max_body_bytes=settings.max_body_bytes,
+        # Record uploads are bounded by their signed size (checked by the file route).
+        path_body_limits={FILES_PREFIX: max(settings.record_max_bytes, settings.max_body_bytes)},
+    )
     app.include_router(health_router)
     for router in (
         metrics_router,

@@ -40,6 +40,8 @@ class Settings(BaseSettings):
     db_statement_timeout_ms: int = Field(default=5000, ge=0)
     db_lock_timeout_ms: int = Field(default=2000, ge=0)
     db_application_name: str = "carebook"
+    # Statements slower than this are logged with their duration and SQL text (0 disables).
+    slow_statement_ms: int = Field(default=200, ge=0)
 
     # Redis client and response cache.
     cache_enabled: bool = True  # off: every read computes from PostgreSQL (benchmarks)
@@ -129,6 +131,15 @@ class Settings(BaseSettings):
     # Logging.
     log_level: str = "INFO"
     log_json: bool = True
+
+    # Tracing (OpenTelemetry): spans are exported only when an exporter is chosen.
+    otel_exporter: Literal["none", "console", "otlp"] = "none"
+    otel_endpoint: str = "http://127.0.0.1:4318/v1/traces"  # OTLP over HTTP (protobuf)
+    otel_service_name: str = "carebook"
+    otel_sample_ratio: float = Field(default=1.0, ge=0, le=1)
+    # `carebook worker` serves its own /metrics on this port when set (the API's is /metrics).
+    worker_metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    worker_metrics_host: str = "127.0.0.1"
 
     @field_validator("reminder_lead_minutes")
     @classmethod

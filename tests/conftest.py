@@ -3,4 +3,6 @@ pytest_plugins = [
     "tests.fixtures.app",
     "tests.fixtures.booking",
     "tests.fixtures.worker",
+    "tests.fixtures.observability",
+    "tests.fixtures.records",
 ]

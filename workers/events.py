@@ -11,7 +11,8 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from app.kit import outbox
+from app.analytics import tasks as analytics_tasks
+from app.kit import outbox, telemetry
 from app.kit.cache import INVALIDATING_TOPICS, Cache
 from app.kit.db import Database
 from app.kit.idempotency import expire_keys
@@ -25,7 +26,7 @@ Handler = Callable[[dict[str, Any], Event], Awaitable[None]]
 
 # A delivery is considered lost when its job has not finished this long after publishing.
 LOST_AFTER = timedelta(minutes=5)
-MAX_ATTEMPTS = 10
+MAX_ATTEMPTS = outbox.DEAD_LETTER_ATTEMPTS
 KEEP_PROCESSED = timedelta(days=7)
 
 
@@ -42,6 +43,7 @@ HANDLERS: list[tuple[tuple[str, ...], Handler]] = [
     (INVALIDATING_TOPICS, invalidate_cache),
     (notification_tasks.APPOINTMENT_TOPICS, notification_tasks.plan_appointment_messages),
     (video_tasks.APPOINTMENT_TOPICS, video_tasks.plan_video),
+    (analytics_tasks.APPOINTMENT_TOPICS, analytics_tasks.refresh_clinic_stats),
 ]
 
 
@@ -53,11 +55,19 @@ async def handle_event(ctx: dict[str, Any], event_id: int) -> str:
         return "gone"
     if event.processed_at is not None:
         return "already processed"
-    for topics, handler in HANDLERS:
-        if event.topic.startswith(topics):
-            await handler(ctx, Event(event.id, event.topic, event.payload))
-    async with database.unit_of_work() as session:
-        await outbox.mark_processed(session, event_id)
+    payload = dict(event.payload)
+    cause = payload.pop(telemetry.TRACE_KEY, None)
+    # Linked to the request that emitted the event; effect jobs planned here link to this span.
+    with telemetry.job_span(
+        f"outbox {event.topic}",
+        cause=cause,
+        attributes={"carebook.outbox.event_id": event.id, "carebook.outbox.topic": event.topic},
+    ):
+        for topics, handler in HANDLERS:
+            if event.topic.startswith(topics):
+                await handler(ctx, Event(event.id, event.topic, payload))
+        async with database.unit_of_work() as session:
+            await outbox.mark_processed(session, event_id)
     return "processed"
 
 

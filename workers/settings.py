@@ -12,9 +12,11 @@ from typing import Any
 from arq import cron, func
 from arq.connections import RedisSettings
 
+from app.analytics.tasks import REBUILD_TIMEOUT_SECONDS, rebuild_clinic_stats
 from app.auth.tasks import purge_refresh_tokens
 from app.integrations.fcm import Fcm
 from app.integrations.videosdk import VideoSdk
+from app.kit import telemetry
 from app.kit.cache import Cache
 from app.kit.db import Database
 from app.kit.resilience import ServiceAdapter
@@ -23,6 +25,7 @@ from app.settings import Settings, get_settings
 from app.video.tasks import RECONCILE_EVERY_MINUTES, retry_video_rooms, sync_video_room
 from workers.events import expire_idempotency_keys, handle_event, sweep_outbox
 from workers.outbox import OutboxRelay
+from workers.telemetry import instrumented
 
 CALLING_OUT_TIMEOUT_SECONDS = 300
 
@@ -32,6 +35,8 @@ def _startup_for(settings: Settings, *, relay: bool) -> Any:
         if settings.database_url is None:
             raise RuntimeError("the worker needs CAREBOOK_DATABASE_URL")
         ctx["settings"] = settings
+        telemetry.setup(settings)
+        telemetry.instrument_redis(ctx["redis"])
         ctx["database"] = Database.connect(settings, settings.database_url)
         ctx["cache"] = Cache(ctx["redis"])  # ARQ's own connection is a redis.asyncio client
         for name, adapter in (("videosdk", VideoSdk(settings)), ("fcm", Fcm(settings))):
@@ -66,29 +71,53 @@ def worker_options(settings: Settings, *, relay: bool = True) -> dict[str, Any]:
     if settings.redis_url is None:
         raise RuntimeError("the worker needs CAREBOOK_REDIS_URL")
     # Jobs that call a third party give up (and record it) on their own last try.
+    # Every job and cron is counted, timed and traced (workers.telemetry).
     calling_out = [
         # A push goes to each device in turn, each call bounded by the HTTP timeouts and retries.
-        func(job, max_tries=settings.job_max_tries, timeout=CALLING_OUT_TIMEOUT_SECONDS)
+        func(
+            instrumented(job), max_tries=settings.job_max_tries, timeout=CALLING_OUT_TIMEOUT_SECONDS
+        )
         for job in (sync_video_room, deliver_notification, send_reminder)
     ]
     every_five_minutes = set(range(0, 60, RECONCILE_EVERY_MINUTES))
     return {
         "functions": [
-            handle_event,
-            *calling_out,
-            purge_refresh_tokens,
-            sweep_outbox,
-            expire_idempotency_keys,
-            catch_up_reminders,
-            retry_video_rooms,
-        ],
+            instrumented(job)
+            for job in (
+                handle_event,
+                purge_refresh_tokens,
+                sweep_outbox,
+                expire_idempotency_keys,
+                catch_up_reminders,
+                retry_video_rooms,
+            )
+        ]
+        + calling_out
+        + [func(instrumented(rebuild_clinic_stats), timeout=REBUILD_TIMEOUT_SECONDS)],
         "cron_jobs": [
-            cron(sweep_outbox, second={7}, run_at_startup=True),
-            cron(expire_idempotency_keys, minute={23}),
-            cron(purge_refresh_tokens, hour={3}, minute={17}),
+            cron(instrumented(sweep_outbox), second={7}, run_at_startup=True),
+            cron(instrumented(expire_idempotency_keys), minute={23}),
+            cron(instrumented(purge_refresh_tokens), hour={3}, minute={17}),
             # Both also run at startup: that is when downtime has left work behind.
-            cron(catch_up_reminders, minute=every_five_minutes, second={37}, run_at_startup=True),
-            cron(retry_video_rooms, minute=every_five_minutes, second={47}, run_at_startup=True),
+            cron(
+                instrumented(catch_up_reminders),
+                minute=every_five_minutes,
+                second={37},
+                run_at_startup=True,
+            ),
+            cron(
+                instrumented(retry_video_rooms),
+                minute=every_five_minutes,
+                second={47},
+                run_at_startup=True,
+            ),
+            # Repairs clinic_daily_stats from appointments (the events keep it current).
+            cron(
+                instrumented(rebuild_clinic_stats),
+                hour={2},
+                minute={41},
+                timeout=REBUILD_TIMEOUT_SECONDS,
+            ),
         ],
         "redis_settings": RedisSettings.from_dsn(settings.redis_url),
         "on_startup": _startup_for(settings, relay=relay),

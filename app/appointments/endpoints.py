@@ -8,7 +8,17 @@ from fastapi import APIRouter, Query, Request, status
 from fastapi.responses import JSONResponse
 
 from app.appointments import service
-from app.appointments.schemas import AppointmentOut, BookIn, CancelIn, Order, RescheduleIn
+from app.appointments.schemas import (
+    AppointmentOut,
+    BookIn,
+    BulkIn,
+    BulkOut,
+    CancelIn,
+    Order,
+    RangeCancelIn,
+    RangeCancelOut,
+    RescheduleIn,
+)
 from app.auth.dependencies import CurrentPrincipal
 from app.availability.endpoints import Rules
 from app.kit.db import PrimaryReadSession, ReadSession, WriteSession
@@ -138,3 +148,22 @@ async def no_show(
     return await service.change_status(
         session, principal, appointment_id, AppointmentStatus.NO_SHOW
     )
+
+
+@router.post("/v1/appointments/bulk", response_model=BulkOut)
+async def bulk(data: BulkIn, principal: CurrentPrincipal, session: WriteSession) -> BulkOut:
+    """Cancel, check in, complete or mark as no-show up to 500 appointments at once.
+
+    Every id gets a result, in the request's order: `ok`, or `not_found` (no such appointment,
+    or not one the caller may see) or `invalid_transition`. Visits that changed get their
+    outbox events (patients are told of cancellations)."""
+    return await service.bulk(session, principal, data)
+
+
+@router.post("/v1/providers/{provider_id}/cancellations", response_model=RangeCancelOut)
+async def cancel_range(
+    provider_id: uuid.UUID, data: RangeCancelIn, principal: CurrentPrincipal, session: WriteSession
+) -> RangeCancelOut:
+    """Cancel every booked visit of the provider that starts in `[from, to)` (at most 366
+    days); each patient is notified. The slots become bookable again."""
+    return await service.cancel_range(session, principal, provider_id, data)

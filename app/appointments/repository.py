@@ -6,7 +6,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select, tuple_, update
+from sqlalchemy import bindparam, func, select, tuple_, update
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.dialects.postgresql import UUID as PG_UUID
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
@@ -127,13 +129,7 @@ async def transition(
     cancel_reason: str | None = None,
 ) -> AnyRow | None:
     """Atomically move an appointment to `to` if it is in one of `allowed_from`."""
-    values: dict[str, Any] = {
-        "status": to.value,
-        "version": Appointment.version + 1,
-        "updated_at": func.now(),
-    }
-    if to is AppointmentStatus.CANCELLED:
-        values["cancel_reason"] = cancel_reason
+    values = _transition_values(to, cancel_reason)
     result = await session.execute(
         update(Appointment)
         .where(
@@ -177,3 +173,94 @@ async def move(
         .execution_options(synchronize_session=False)
     )
     return result.one_or_none()
+
+
+def _transition_values(to: AppointmentStatus, cancel_reason: str | None) -> dict[str, Any]:
+    values: dict[str, Any] = {
+        "status": to.value,
+        "version": Appointment.version + 1,
+        "updated_at": func.now(),
+    }
+    if to is AppointmentStatus.CANCELLED:
+        values["cancel_reason"] = cancel_reason
+    return values
+
+
+async def bulk_transition(
+    session: AsyncSession,
+    visibility: Visibility,
+    ids: Sequence[uuid.UUID],
+    *,
+    allowed_from: Sequence[AppointmentStatus],
+    to: AppointmentStatus,
+    cancel_reason: str | None,
+) -> Sequence[AnyRow]:
+    """One statement for the whole batch (audit F16): for each requested id, whether the caller
+    can see it (`seen`) and, when it moved, the changed row's ids (`changed`). The UPDATE
+    re-checks the status under its row lock, so a concurrent change is never overwritten."""
+    requested = select(
+        func.unnest(bindparam("ids", list(ids), type_=ARRAY(PG_UUID(as_uuid=True)))).label("id")
+    ).cte("requested")
+    visible = (
+        select(Appointment.id)
+        .where(Appointment.id.in_(select(requested.c.id)), visibility.clause())
+        .cte("visible")
+    )
+    changed = (
+        update(Appointment)
+        .where(
+            Appointment.id.in_(select(visible.c.id)),
+            Appointment.status.in_([s.value for s in allowed_from]),
+        )
+        .values(**_transition_values(to, cancel_reason))
+        .returning(
+            Appointment.id,
+            Appointment.provider_id,
+            Appointment.patient_id,
+            Appointment.clinic_id,
+        )
+        .cte("changed")
+    )
+    query = select(
+        requested.c.id,
+        visible.c.id.is_not(None).label("seen"),
+        changed.c.id.is_not(None).label("changed"),
+        changed.c.provider_id,
+        changed.c.patient_id,
+        changed.c.clinic_id,
+    ).select_from(
+        requested.outerjoin(visible, visible.c.id == requested.c.id).outerjoin(
+            changed, changed.c.id == requested.c.id
+        )
+    )
+    return (await session.execute(query)).all()
+
+
+async def cancel_range(
+    session: AsyncSession,
+    provider_id: uuid.UUID,
+    *,
+    starts_from: datetime,
+    starts_before: datetime,
+    reason: str,
+) -> Sequence[AnyRow]:
+    """Cancel every booked visit of the provider starting in [from, to), in one statement
+    (served by ix_appointments_provider_id_active)."""
+    statement = (
+        update(Appointment)
+        .where(
+            Appointment.provider_id == provider_id,
+            Appointment.status == AppointmentStatus.BOOKED.value,
+            Appointment.starts_at >= starts_from,
+            Appointment.starts_at < starts_before,
+        )
+        .values(**_transition_values(AppointmentStatus.CANCELLED, reason))
+        .returning(
+            Appointment.id,
+            Appointment.provider_id,
+            Appointment.patient_id,
+            Appointment.clinic_id,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    return (await session.execute(statement)).all()

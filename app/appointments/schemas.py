@@ -3,7 +3,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field
 
@@ -59,3 +59,39 @@ class AppointmentOut(BaseModel):
 class Order(StrEnum):
     ASC = "asc"
     DESC = "desc"
+
+
+class BulkAction(StrEnum):
+    CANCEL = "cancel"
+    CHECK_IN = "check_in"
+    COMPLETE = "complete"
+    NO_SHOW = "no_show"
+
+
+BULK_MAX = 500
+
+
+class BulkIn(BaseModel):
+    action: BulkAction
+    ids: Annotated[list[uuid.UUID], Field(min_length=1, max_length=BULK_MAX)]
+    reason: Reason = ""
+
+
+class BulkResult(BaseModel):
+    id: uuid.UUID
+    ok: bool
+    code: Literal["not_found", "invalid_transition"] | None = None
+
+
+class BulkOut(BaseModel):
+    results: list[BulkResult]
+
+
+class RangeCancelIn(BaseModel):
+    from_: Instant = Field(alias="from")
+    to: Instant
+    reason: Reason = ""
+
+
+class RangeCancelOut(BaseModel):
+    cancelled: int

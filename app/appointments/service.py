@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -11,18 +11,31 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.appointments import repository
 from app.appointments.repository import Visibility
-from app.appointments.schemas import AppointmentOut, BookIn, Order, PatientRef, ProviderRef
+from app.appointments.schemas import (
+    AppointmentOut,
+    BookIn,
+    BulkAction,
+    BulkIn,
+    BulkOut,
+    BulkResult,
+    Order,
+    PatientRef,
+    ProviderRef,
+    RangeCancelIn,
+    RangeCancelOut,
+)
 from app.auth import service as auth_service
 from app.auth.dependencies import Principal
 from app.availability import repository as availability_repository
 from app.availability.service import BookingRules
-from app.kit import outbox
+from app.kit import audit, outbox
 from app.kit.db import AnyRow, violated_constraint
 from app.kit.errors import (
     Forbidden,
     InvalidTransition,
     NotASlot,
     NotFound,
+    RangeTooLarge,
     SlotUnavailable,
     ValidationFailed,
 )
@@ -45,6 +58,15 @@ TOPICS = {
 }
 # Who may act on an appointment they can see; patients only cancel and reschedule their own.
 STAFF_SIDE = frozenset({Role.PROVIDER, Role.STAFF, Role.ADMIN})
+# Whose actions on appointments go to the audit log (DESIGN §3: every staff action).
+OPERATORS = frozenset({Role.STAFF, Role.ADMIN})
+BULK_ACTIONS = {
+    BulkAction.CANCEL: AppointmentStatus.CANCELLED,
+    BulkAction.CHECK_IN: AppointmentStatus.CHECKED_IN,
+    BulkAction.COMPLETE: AppointmentStatus.COMPLETED,
+    BulkAction.NO_SHOW: AppointmentStatus.NO_SHOW,
+}
+RANGE_CANCEL_MAX = timedelta(days=366)
 EVERYONE = frozenset(Role)
 
 
@@ -74,7 +96,7 @@ def _out(row: AnyRow, **changes: Any) -> AppointmentOut:
     )
 
 
-def _event(appointment: Appointment, **extra: Any) -> dict[str, Any]:
+def _event(appointment: Appointment | AnyRow, **extra: Any) -> dict[str, Any]:
     return {
         "appointment_id": str(appointment.id),
         "provider_id": str(appointment.provider_id),
@@ -185,6 +207,7 @@ async def book(
         "appointment.booked",
         _event(appointment, starts_at=starts_at.isoformat(), ends_at=ends_at.isoformat()),
     )
+    await _audit(session, principal, "appointment.booked", [appointment.id])
     return await get(session, principal, appointment.id)
 
 
@@ -258,6 +281,7 @@ async def change_status(
         TOPICS[to],
         _event(row.Appointment, status=to.value, by=str(principal.user_id), reason=reason),
     )
+    await _audit(session, principal, TOPICS[to], [appointment_id], _why(reason))
     return _out(
         row,
         status=changed.status,
@@ -301,4 +325,107 @@ async def reschedule(
             ends_at=ends_at.isoformat(),
         ),
     )
+    await _audit(
+        session,
+        principal,
+        "appointment.rescheduled",
+        [appointment.id],
+        {"from": old_start.isoformat(), "to": starts_at.isoformat()},
+    )
     return _out(row, starts_at=starts_at, ends_at=ends_at, updated_at=moved.updated_at)
+
+
+def _why(reason: str | None) -> dict[str, Any]:
+    return {"reason": reason} if reason else {}
+
+
+async def _audit(
+    session: AsyncSession,
+    principal: Principal,
+    action: str,
+    ids: Sequence[uuid.UUID],
+    details: dict[str, Any] | None = None,
+) -> None:
+    """Staff and admin actions on appointments go to the audit log, in the same transaction."""
+    if principal.role in OPERATORS:
+        await audit.record(session, principal.user_id, action, "appointment", ids, details)
+
+
+async def bulk(session: AsyncSession, principal: Principal, data: BulkIn) -> BulkOut:
+    """Up to 500 status changes as one set-based statement, one outbox INSERT and one audit
+    INSERT; a result per requested id, in the request's order."""
+    if principal.role not in STAFF_SIDE:
+        raise Forbidden("Only providers, staff and admins change appointments in bulk.")
+    to = BULK_ACTIONS[data.action]
+    reason = data.reason if to is AppointmentStatus.CANCELLED else None
+    rows = await repository.bulk_transition(
+        session,
+        _visibility(principal),
+        list(dict.fromkeys(data.ids)),
+        allowed_from=ALLOWED_FROM[to],
+        to=to,
+        cancel_reason=reason,
+    )
+    changed = [row for row in rows if row.changed]
+    await outbox.emit_many(
+        session,
+        [
+            (TOPICS[to], _event(row, status=to.value, by=str(principal.user_id), reason=reason))
+            for row in changed
+        ],
+    )
+    await _audit(
+        session, principal, TOPICS[to], [row.id for row in changed], {"bulk": True, **_why(reason)}
+    )
+    outcome = {row.id: row for row in rows}
+    return BulkOut(results=[_bulk_result(outcome[i]) for i in data.ids])
+
+
+def _bulk_result(row: AnyRow) -> BulkResult:
+    if row.changed:
+        return BulkResult(id=row.id, ok=True)
+    return BulkResult(id=row.id, ok=False, code="invalid_transition" if row.seen else "not_found")
+
+
+async def cancel_range(
+    session: AsyncSession, principal: Principal, provider_id: uuid.UUID, data: RangeCancelIn
+) -> RangeCancelOut:
+    """A sick day: every booked visit of the provider that starts in [from, to) is cancelled
+    and each patient is told through the outbox. Checked-in visits are left to staff."""
+    if principal.role not in OPERATORS:
+        raise Forbidden("Only staff and admins cancel a provider's appointments.")
+    if data.to <= data.from_:
+        raise ValidationFailed("`to` must be after `from`", loc=("body", "to"))
+    if data.to - data.from_ > RANGE_CANCEL_MAX:
+        raise RangeTooLarge("A range cancellation spans at most 366 days.")
+    # The provider lock orders this with bookings: none lands in the range half-way through.
+    provider = await repository.lock_provider(session, provider_id)
+    if provider is None:
+        raise NotFound("No such provider.")
+    if (
+        principal.role is Role.STAFF
+        and await auth_service.staff_clinic_id(session, principal) != provider.clinic_id
+    ):
+        raise Forbidden("Staff cancel appointments at their own clinic only.")
+    rows = await repository.cancel_range(
+        session, provider_id, starts_from=data.from_, starts_before=data.to, reason=data.reason
+    )
+    by = str(principal.user_id)
+    await outbox.emit_many(
+        session,
+        [
+            (
+                TOPICS[AppointmentStatus.CANCELLED],
+                _event(row, status="cancelled", by=by, reason=data.reason),
+            )
+            for row in rows
+        ],
+    )
+    await _audit(
+        session,
+        principal,
+        TOPICS[AppointmentStatus.CANCELLED],
+        [row.id for row in rows],
+        {"range": [data.from_.isoformat(), data.to.isoformat()], **_why(data.reason)},
+    )
+    return RangeCancelOut(cancelled=len(rows))

@@ -48,12 +48,23 @@ class BookingRules:
 
     def window(self, from_date: date, to_date: date, now: datetime | None = None) -> Window:
         now = now or self.now()
+        earliest, latest = now + self.min_notice, now + self.horizon
+        # Dates outside the bookable window hold no slot, so they are clipped to it (with a day
+        # or two to spare for the provider's offset from UTC). That also keeps extreme dates out
+        # of the SQL date arithmetic: asyncpg sends 0001-01-01 and 9999-12-31 as -infinity and
+        # infinity, which PostgreSQL refuses to subtract from.
+        # A range wholly outside ends up empty (`to` the day before `from`), never extreme.
+        first, last = (earliest - _DATE_MARGIN).date(), (latest + _DATE_MARGIN).date()
         return Window(
-            from_date=from_date,
-            to_date=to_date,
-            earliest=now + self.min_notice,
-            latest=now + self.horizon,
+            from_date=min(max(from_date, first), last + _ONE_DAY),
+            to_date=max(min(to_date, last), first - _ONE_DAY),
+            earliest=earliest,
+            latest=latest,
         )
+
+
+_DATE_MARGIN = timedelta(days=2)
+_ONE_DAY = timedelta(days=1)
 
 
 def _check_range(from_date: date, to_date: date) -> None:
@@ -137,7 +148,8 @@ async def search(
         after = (name, provider_id)
     rows = await repository.search(
         session,
-        rules.window(day, day + timedelta(days=days - 1)),
+        # `min`: a start days before the end of the calendar would overflow, and has no slots.
+        rules.window(day, min(day, date.max - timedelta(days=days)) + timedelta(days=days - 1)),
         specialty=specialty,
         clinic_id=clinic_id,
         after=after,

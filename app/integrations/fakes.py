@@ -42,6 +42,8 @@ class RecordedCall:
     body: Any  # parsed JSON, else text; None when empty
     at: float  # time.monotonic() on arrival
     outcome: str = "pending"  # the status code sent, or "hang" / "drop"
+    query: str = ""  # the raw query string, without the "?"
+    raw: bytes = b""  # the body as received
 
 
 @dataclass
@@ -50,6 +52,7 @@ class FakeResponse:
     body: Any = None
     headers: dict[str, str] = field(default_factory=dict)
     text: str | None = None  # sent as text/html instead of JSON when set
+    content: bytes | None = None  # sent as is (type from a Content-Type header) when set
 
 
 @dataclass
@@ -218,6 +221,10 @@ class FakeServer:
         """The service's behaviour for one call (called under the lock)."""
         return FakeResponse(404, {"error": {"code": 404, "message": "not found"}})
 
+    def handle_call(self, call: RecordedCall) -> FakeResponse:
+        """Like `handle`, with the whole call (query string, raw body) for fakes that need it."""
+        return self.handle(call.method, call.path, call.headers, call.body)
+
     # --- internals ------------------------------------------------------------------------------
 
     def _add(self, fault: Fault) -> None:
@@ -261,8 +268,8 @@ class FakeServer:
                 request = await _read_request(connection, reader)
                 if request is None:
                     break
-                method, path, headers, raw = request
-                answer = await self._answer(method, path, headers, raw)
+                method, target, headers, raw = request
+                answer = await self._answer(method, target, headers, raw)
                 if answer is _DROP:
                     drop = True
                     break
@@ -284,12 +291,13 @@ class FakeServer:
                     await writer.wait_closed()
 
     async def _answer(
-        self, method: str, path: str, headers: dict[str, str], raw: bytes
+        self, method: str, target: str, headers: dict[str, str], raw: bytes
     ) -> FakeResponse | object:
+        path, _, query = target.partition("?")
         body = _parse(raw)
         if path.startswith("/_fake/"):
             return self._control(method, path, body)
-        call = RecordedCall(method, path, headers, body, time.monotonic())
+        call = RecordedCall(method, path, headers, body, time.monotonic(), query=query, raw=raw)
         with self._lock:
             self._calls.append(call)
             delay = self._delay
@@ -300,14 +308,14 @@ class FakeServer:
         if fault is None or fault.kind == "status":
             if fault is None:
                 with self._lock:
-                    response = self.handle(method, path, headers, body)
+                    response = self.handle_call(call)
             else:
                 response = FakeResponse(fault.status, fault.body, dict(fault.headers))
             call.outcome = str(response.status)
             return response
         if fault.after_effect:
             with self._lock:
-                self.handle(method, path, headers, body)
+                self.handle_call(call)
         call.outcome = fault.kind
         if fault.kind == "hang":
             await self._release.wait()
@@ -573,12 +581,15 @@ async def _read_request(
             body += event.data
         elif isinstance(event, h11.EndOfMessage) and request is not None:
             headers = {name.decode().lower(): value.decode() for name, value in request.headers}
-            target = request.target.decode().split("?", 1)[0]
-            return request.method.decode(), target, headers, bytes(body)
+            return request.method.decode(), request.target.decode(), headers, bytes(body)
 
 
 def _encode(connection: h11.Connection, response: FakeResponse) -> bytes:
-    if response.text is not None:
+    extra = dict(response.headers)
+    if response.content is not None:
+        payload = response.content
+        content_type = extra.pop("Content-Type", "application/octet-stream")
+    elif response.text is not None:
         payload = response.text.encode()
         content_type = "text/html; charset=utf-8"
     else:
@@ -587,7 +598,7 @@ def _encode(connection: h11.Connection, response: FakeResponse) -> bytes:
     headers = [
         ("Content-Type", content_type),
         ("Content-Length", str(len(payload))),
-        *response.headers.items(),
+        *extra.items(),
     ]
     try:
         reason = http.HTTPStatus(response.status).phrase.encode()

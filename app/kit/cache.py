@@ -19,7 +19,7 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any, TypeVar
 
@@ -27,6 +27,7 @@ from fastapi import Depends, Request
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from app.kit.events import Events
 from app.kit.metrics import CACHE_REQUESTS
 
 logger = logging.getLogger("carebook.cache")
@@ -127,6 +128,9 @@ class Cache:
         # theirs): the first successful contact afterwards bumps the generation.
         self._suspect_stale = False
         self._outages_seen = self.circuit.outages
+        # How long a process waits for another's computation before computing itself: bounded,
+        # so a holder that died or is slow costs the others at most this much.
+        self.lock_wait_seconds = _LOCK_WAIT_SECONDS
 
     @property
     def available(self) -> bool:
@@ -212,7 +216,7 @@ class Cache:
         locked = await self._call(lambda: self._try_lock(lock_key))
         if locked is False:
             # Another process is computing this very key: wait briefly for its result.
-            deadline = time.monotonic() + _LOCK_WAIT_SECONDS
+            deadline = time.monotonic() + self.lock_wait_seconds
             while time.monotonic() < deadline:
                 await asyncio.sleep(_LOCK_POLL_SECONDS)
                 value = await self._call(lambda: redis.get(full_key))
@@ -263,12 +267,49 @@ class Cache:
         else:
             self.circuit.succeeded()
 
+    async def get_many(self, name: str, keys: Sequence[str]) -> list[bytes | None]:
+        """Plain values (no versioning) in one round trip; all None when Redis is away."""
+        redis = self.redis
+        if not keys or redis is None:
+            return [None] * len(keys)
+        full = [f"{_PREFIX}:{name}:{key}" for key in keys]
+        found: list[Any] | None = await self._call(lambda: redis.mget(full))
+        if found is None:
+            return [None] * len(keys)
+        values = [None if value is None else bytes(value) for value in found]
+        for value in values:
+            (self.stats.miss if value is None else self.stats.hit)(name)
+        return values
+
+    async def set_many(self, name: str, values: Mapping[str, bytes], *, ttl_seconds: int) -> None:
+        """Store plain values with a TTL in one round trip; a failure is only logged."""
+        if not values or not self.available:
+            return
+        redis = self.redis
+        assert redis is not None
+
+        async def store() -> None:
+            async with redis.pipeline(transaction=False) as pipe:
+                for key, value in values.items():
+                    pipe.set(f"{_PREFIX}:{name}:{key}", value, ex=ttl_seconds)
+                await pipe.execute()
+
+        await self._call(store)
+
+    async def on_events(self, events: Events) -> None:
+        """Invalidation policy: which committed events make which cached values stale. Each
+        scope is bumped once however many of the events touch it."""
+        scopes: dict[str, Scope] = {}
+        for topic, payload in events:
+            if "provider_id" in payload:
+                scope = provider_scope(payload["provider_id"])
+                scopes[scope.version_key] = scope
+            if topic.startswith(CATALOG_TOPICS):
+                scopes[CATALOG.version_key] = CATALOG
+        await self.bump(*scopes.values())
+
     async def on_event(self, topic: str, payload: dict[str, Any]) -> None:
-        """Invalidation policy: which committed events make which cached values stale."""
-        scopes = [provider_scope(payload["provider_id"])] if "provider_id" in payload else []
-        if topic.startswith(CATALOG_TOPICS):
-            scopes.append(CATALOG)
-        await self.bump(*scopes)
+        await self.on_events([(topic, payload)])
 
 
 CacheDep = Annotated["Cache", Depends(get_cache)]

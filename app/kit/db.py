@@ -13,13 +13,16 @@ Two session types exist so a read that tolerates replica lag can say so in its s
 from __future__ import annotations
 
 import logging
+import re
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Annotated, Any, TypeAlias
 
 from fastapi import Depends, Request
-from sqlalchemy import URL, Row, Select, make_url
+from sqlalchemy import URL, Connection, Row, Select, event, make_url
+from sqlalchemy.engine.interfaces import ExceptionContext
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -27,12 +30,23 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
+from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry
 
+from app.kit import telemetry
 from app.kit.errors import AppError
 from app.kit.events import EventBus
+from app.kit.metrics import (
+    DB_POOL_IN_USE,
+    DB_POOL_OVERFLOW,
+    DB_POOL_SIZE,
+    DB_POOL_WAIT_SECONDS,
+    DB_POOL_WAITS,
+    DB_SLOW_STATEMENTS,
+)
 from app.settings import Settings
 
 logger = logging.getLogger("carebook.db")
+slow_logger = logging.getLogger("carebook.db.slow")
 
 
 def async_url(url: str) -> URL:
@@ -41,6 +55,92 @@ def async_url(url: str) -> URL:
     if parsed.drivername in {"postgres", "postgresql", "postgresql+psycopg", "postgresql+psycopg2"}:
         parsed = parsed.set(drivername="postgresql+asyncpg")
     return parsed
+
+
+class InstrumentedPool(AsyncAdaptedQueuePool):
+    """SQLAlchemy's asyncio queue pool, publishing its use to Prometheus as it changes: in use,
+    overflow, and the checkouts that had to wait for a connection (and for how long).
+
+    The engine's `pool_logging_name` (its role, `primary` or `replica`) is the `engine` label.
+    """
+
+    def _do_get(self) -> ConnectionPoolEntry:
+        label = self.logging_name or "primary"
+        # The queue blocks only when no connection is idle and no overflow is left.
+        waits = (
+            self._max_overflow > -1
+            and self.overflow() >= self._max_overflow
+            and self.checkedin() == 0
+        )
+        started = time.perf_counter()
+        try:
+            return super()._do_get()
+        finally:
+            if waits:
+                DB_POOL_WAITS.labels(label).inc()
+                DB_POOL_WAIT_SECONDS.labels(label).observe(time.perf_counter() - started)
+            self._publish()
+
+    def _do_return_conn(self, record: ConnectionPoolEntry) -> None:
+        try:
+            super()._do_return_conn(record)
+        finally:
+            self._publish()
+
+    def dispose(self) -> None:
+        super().dispose()
+        self._publish(retract=True)
+
+    # What this pool last added to the gauges: several pools share a label in one process
+    # (the API's and the in-process worker's primary), so each adds its own share.
+    _published: tuple[int, int, int] = (0, 0, 0)
+
+    def _publish(self, *, retract: bool = False) -> None:
+        label = self.logging_name or "primary"
+        now = (0, 0, 0) if retract else (self.size(), self.checkedout(), max(0, self.overflow()))
+        for gauge, new, old in zip(
+            (DB_POOL_SIZE, DB_POOL_IN_USE, DB_POOL_OVERFLOW), now, self._published, strict=True
+        ):
+            child = gauge.labels(label)  # exists (at 0) from the first checkout on
+            if new != old:
+                child.inc(new - old)
+        self._published = now
+
+
+_STARTED = "carebook_statement_started"
+_WHITESPACE = re.compile(r"\s+")
+
+
+def _log_slow_statements(engine: AsyncEngine, *, role: str, threshold_ms: int) -> None:
+    """Log statements slower than the threshold with their duration and SQL text only: the
+    parameters (which may hold personal data) are never logged."""
+
+    def before(conn: Connection, *args: Any) -> None:
+        conn.info.setdefault(_STARTED, []).append(time.perf_counter())
+
+    def after(conn: Connection, cursor: Any, statement: str, *args: Any) -> None:
+        started: list[float] = conn.info.get(_STARTED) or [time.perf_counter()]
+        elapsed_ms = (time.perf_counter() - started.pop()) * 1000
+        if elapsed_ms >= threshold_ms:
+            DB_SLOW_STATEMENTS.labels(role).inc()
+            slow_logger.warning(
+                "slow statement",
+                extra={
+                    "engine": role,
+                    "duration_ms": round(elapsed_ms, 1),
+                    "statement": _WHITESPACE.sub(" ", statement).strip()[:2000],
+                },
+            )
+
+    def failed(context: ExceptionContext) -> None:
+        if context.connection is not None:
+            started = context.connection.info.get(_STARTED)
+            if started:
+                started.pop()
+
+    event.listen(engine.sync_engine, "before_cursor_execute", before)
+    event.listen(engine.sync_engine, "after_cursor_execute", after)
+    event.listen(engine.sync_engine, "handle_error", failed)
 
 
 def create_engine(url: str, settings: Settings, *, role: str) -> AsyncEngine:
@@ -60,8 +160,10 @@ def create_engine(url: str, settings: Settings, *, role: str) -> AsyncEngine:
         "server_settings": server_settings,
         "timeout": settings.db_connect_timeout_seconds,
     }
-    return create_async_engine(
+    engine = create_async_engine(
         parsed,
+        poolclass=InstrumentedPool,
+        pool_logging_name=role,
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
         pool_timeout=settings.db_pool_timeout_seconds,
@@ -69,6 +171,10 @@ def create_engine(url: str, settings: Settings, *, role: str) -> AsyncEngine:
         pool_pre_ping=settings.db_pool_pre_ping,
         connect_args=connect_args,
     )
+    if settings.slow_statement_ms > 0:
+        _log_slow_statements(engine, role=role, threshold_ms=settings.slow_statement_ms)
+    telemetry.instrument_engine(engine)
+    return engine
 
 
 @dataclass

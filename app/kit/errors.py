@@ -22,6 +22,8 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
+from app.kit.metrics import BOOKING_CONFLICTS
+
 logger = logging.getLogger("carebook.errors")
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
@@ -128,6 +130,22 @@ class ServiceUnavailable(AppError):
     status, code, title = 503, "service_unavailable", "Service temporarily unavailable"
 
 
+class UnsupportedMediaType(AppError):
+    status, code, title = 415, "unsupported_media_type", "Unsupported media type"
+
+
+class UrlSignatureInvalid(AppError):
+    """A signed file URL that this server did not sign, or that was changed (0002)."""
+
+    status, code, title = 403, "signature_invalid", "Invalid signed URL"
+
+
+class UrlExpired(AppError):
+    """A genuine signed file URL whose lifetime is over (0002)."""
+
+    status, code, title = 403, "url_expired", "Signed URL expired"
+
+
 def problem_response(
     status: int,
     code: str,
@@ -168,6 +186,8 @@ def _loc(raw: Sequence[Any]) -> list[str | int]:
 
 async def _app_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, AppError)
+    if exc.code == SlotUnavailable.code:
+        BOOKING_CONFLICTS.inc()
     return problem_response(
         exc.status,
         exc.code,
@@ -222,8 +242,10 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 async def _database_unavailable(request: Request, exc: Exception) -> Response:
+    # The SQLSTATE tells a timeout (57014), a lock wait (55P03) and a lost server (08xxx) apart.
     logger.warning(
-        "database unavailable", extra={"error": type(exc).__name__, "path": request.url.path}
+        "database unavailable",
+        extra={"error": type(exc).__name__, "sqlstate": _sqlstate(exc), "path": request.url.path},
     )
     return problem_response(
         503,
@@ -235,14 +257,19 @@ async def _database_unavailable(request: Request, exc: Exception) -> Response:
     )
 
 
-def _is_unavailability(exc: DBAPIError) -> bool:
-    """Connection loss, timeouts and cancellations: the client may retry; nothing else is."""
-    if isinstance(exc, InterfaceError) or exc.connection_invalidated:
-        return True
+def _sqlstate(exc: Exception) -> str | None:
     orig = getattr(exc, "orig", None)
     sqlstate = getattr(orig, "sqlstate", None) or getattr(
         getattr(orig, "__cause__", None), "sqlstate", None
     )
+    return sqlstate if isinstance(sqlstate, str) else None
+
+
+def _is_unavailability(exc: DBAPIError) -> bool:
+    """Connection loss, timeouts and cancellations: the client may retry; nothing else is."""
+    if isinstance(exc, InterfaceError) or exc.connection_invalidated:
+        return True
+    sqlstate = _sqlstate(exc)
     # 57014 query_canceled (statement_timeout), 55P03 lock_not_available (lock_timeout),
     # 40001/40P01 serialization failure and deadlock (nothing was committed; a retry may pass),
     # 57P0x server shutting down, 08xxx connection exceptions.
@@ -252,10 +279,31 @@ def _is_unavailability(exc: DBAPIError) -> bool:
     )
 
 
+# Values that passed validation but that PostgreSQL cannot hold: the request is at fault, and
+# its transaction rolled back, so nothing was stored. The backstop behind every schema.
+_UNSTORABLE_INPUT = {
+    "22021": "A text contains a character that cannot be stored (such as NUL).",
+    "22P05": "A text contains a character that cannot be stored (such as NUL).",
+    "22008": "A date or time is out of the supported range.",
+    "22003": "A number is out of the supported range.",
+}
+
+
 async def _dbapi_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, DBAPIError)
     if _is_unavailability(exc):
         return await _database_unavailable(request, exc)
+    message = _UNSTORABLE_INPUT.get(_sqlstate(exc) or "")
+    if message is not None:
+        logger.info("input refused by the database", extra={"sqlstate": _sqlstate(exc)})
+        return problem_response(
+            422,
+            "validation_error",
+            title="Invalid request",
+            detail=message,
+            extra={"errors": [{"loc": ["request"], "msg": message}]},
+            request_id=_request_id(request),
+        )
     raise exc
 
 

@@ -8,12 +8,15 @@ such as cache invalidation. Subscribers must be quick and must not raise.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 logger = logging.getLogger("carebook.events")
 
-Handler = Callable[[str, dict[str, Any]], Awaitable[None]]
+Events = Sequence[tuple[str, dict[str, Any]]]
+# A subscriber gets all of one transaction's matching events at once, so a bulk change of 500
+# appointments costs it one call (one Redis round trip for the cache), not 500.
+Handler = Callable[[Events], Awaitable[None]]
 
 
 class EventBus:
@@ -23,10 +26,12 @@ class EventBus:
     def subscribe(self, topic_prefix: str, handler: Handler) -> None:
         self._subscribers.append((topic_prefix, handler))
 
-    async def publish(self, topic: str, payload: dict[str, Any]) -> None:
+    async def publish(self, events: Events) -> None:
         for prefix, handler in self._subscribers:
-            if topic.startswith(prefix):
-                try:
-                    await handler(topic, payload)
-                except Exception:
-                    logger.exception("event subscriber failed", extra={"topic": topic})
+            matching = [event for event in events if event[0].startswith(prefix)]
+            if not matching:
+                continue
+            try:
+                await handler(matching)
+            except Exception:
+                logger.exception("event subscriber failed", extra={"topic": matching[0][0]})

@@ -34,6 +34,7 @@ from app.kit.errors import (
     IdempotencyKeyReused,
     ValidationFailed,
 )
+from app.kit.metrics import IDEMPOTENT_REPLAYS
 
 KEY_LIFETIME = timedelta(hours=24)
 REPLAY_HEADER = "Idempotent-Replayed"
@@ -122,6 +123,7 @@ async def run_idempotent(
             call.request_hash,
         ):
             raise IdempotencyKeyReused("This Idempotency-Key was used for a different request.")
+        IDEMPOTENT_REPLAYS.inc()
         return JSONResponse(
             stored.response_body, status_code=stored.status_code, headers={REPLAY_HEADER: "true"}
         )

@@ -17,6 +17,7 @@ from typing import Any
 from arq import Retry
 from arq.connections import ArqRedis
 
+from app.kit import telemetry
 from app.kit.resilience import CircuitOpen, ServiceUnavailable
 from app.settings import Settings
 
@@ -30,8 +31,16 @@ async def enqueue(
     job_id: str,
     defer_until: datetime | None = None,
 ) -> bool:
-    """Enqueue once per `job_id`; False when a job with that id already exists."""
-    job = await queue.enqueue_job(function, *args, _job_id=job_id, _defer_until=defer_until)
+    """Enqueue once per `job_id`; False when a job with that id already exists.
+
+    While a span is active its `traceparent` travels with the job, so the job's span links
+    back to the work that planned it (see `workers.telemetry.instrumented`)."""
+    kwargs: dict[str, Any] = {}
+    if (traceparent := telemetry.current_traceparent()) is not None:
+        kwargs[telemetry.JOB_TRACE_KWARG] = traceparent
+    job = await queue.enqueue_job(
+        function, *args, _job_id=job_id, _defer_until=defer_until, **kwargs
+    )
     return job is not None
 
 

@@ -1,4 +1,7 @@
-"""JSON-lines logging to stdout, with the request id of the request being served."""
+"""JSON-lines logging to stdout: every line has `timestamp`, `level`, `logger` and `message`,
+plus the `request_id` of the request being served, the `trace_id` of the active span and the
+`user_id` of the authenticated caller, where known. Nothing else about the caller is logged:
+no emails, tokens, passwords or headers (slow statements are logged without parameters)."""
 
 from __future__ import annotations
 
@@ -9,6 +12,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+
+from app.kit.telemetry import current_trace_id
 
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "request_id", default=None
@@ -28,6 +33,8 @@ class JsonFormatter(logging.Formatter):
         }
         if (request_id := request_id_var.get()) is not None:
             entry["request_id"] = request_id
+        if (trace_id := current_trace_id()) is not None:
+            entry["trace_id"] = trace_id
         if (user_id := user_id_var.get()) is not None:
             entry["user_id"] = user_id
         for key, value in vars(record).items():

@@ -7,12 +7,14 @@ import math
 import re
 import time
 import uuid
+from collections.abc import Mapping
 
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.kit.errors import problem_response
-from app.kit.logging import request_id_var
+from app.kit.logging import request_id_var, user_id_var
+from app.kit.metrics import HTTP_DURATION, HTTP_IN_FLIGHT, HTTP_REQUESTS, UNMATCHED_ROUTE
 from app.kit.rate_limit import RateLimiter
 
 logger = logging.getLogger("carebook.errors")
@@ -24,11 +26,29 @@ _VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 class RequestContextMiddleware:
     """Assigns the request id, bounds the body size and turns any unhandled error into a 500
-    problem+json that carries the request id and nothing else (the trace goes to the log)."""
+    problem+json that carries the request id and nothing else (the trace goes to the log).
 
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int) -> None:
+    It also writes the access log line and the request metrics, both labelled with the matched
+    route's template (`/v1/appointments/{appointment_id}`), never the raw path, so ids cannot
+    multiply label values; requests that matched no route share one label."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        max_body_bytes: int,
+        path_body_limits: Mapping[str, int] | None = None,
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        # Other limits for paths under a prefix (file uploads), still bounded.
+        self.path_body_limits = dict(path_body_limits or {})
+
+    def _limit_for(self, path: str) -> int:
+        for prefix, limit in self.path_body_limits.items():
+            if path.startswith(prefix):
+                return limit
+        return self.max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -41,6 +61,8 @@ class RequestContextMiddleware:
         request_id = incoming if _VALID_REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = request_id
         token = request_id_var.set(request_id)
+        user_token = user_id_var.set(None)  # set by the auth dependency once it knows
+        HTTP_IN_FLIGHT.inc()
         started = False
         status = 500
         began = time.perf_counter()
@@ -59,20 +81,19 @@ class RequestContextMiddleware:
             await send(message)
 
         try:
+            limit = self._limit_for(scope.get("path", ""))
             declared = headers.get(b"content-length")
-            if declared is not None and (
-                not declared.isdigit() or int(declared) > self.max_body_bytes
-            ):
+            if declared is not None and (not declared.isdigit() or int(declared) > limit):
                 response = problem_response(
                     413,
                     "payload_too_large",
                     title="Payload too large",
-                    detail=f"Request bodies are limited to {self.max_body_bytes} bytes.",
+                    detail=f"Request bodies are limited to {limit} bytes.",
                     request_id=request_id,
                 )
                 await response(scope, receive, send_with_id)
                 return
-            await self.app(scope, self._bounded(receive), send_with_id)
+            await self.app(scope, self._bounded(receive, limit), send_with_id)
         except Exception:
             logger.exception("unhandled error", extra={"path": scope.get("path")})
             if not started:
@@ -85,21 +106,26 @@ class RequestContextMiddleware:
                 )
                 await response(scope, receive, send_with_id)
         finally:
-            route = scope.get("route")
+            elapsed = time.perf_counter() - began
+            method = str(scope.get("method"))
+            route = getattr(scope.get("route"), "path", None) or UNMATCHED_ROUTE
+            HTTP_IN_FLIGHT.dec()
+            HTTP_REQUESTS.labels(method, route, status).inc()
+            HTTP_DURATION.labels(method, route, status).observe(elapsed)
             access_logger.info(
                 "request",
                 extra={
-                    "method": scope.get("method"),
-                    "route": getattr(route, "path", None) or "unmatched",
+                    "method": method,
+                    "route": route,
                     "status": status,
-                    "duration_ms": round((time.perf_counter() - began) * 1000, 2),
+                    "duration_ms": round(elapsed * 1000, 2),
                 },
             )
+            user_id_var.reset(user_token)
             request_id_var.reset(token)
 
-    def _bounded(self, receive: Receive) -> Receive:
+    def _bounded(self, receive: Receive, limit: int) -> Receive:
         received = 0
-        limit = self.max_body_bytes
 
         async def bounded_receive() -> Message:
             nonlocal received

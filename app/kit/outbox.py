@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.kit import telemetry
 from app.kit.db import AnyRow, after_commit, event_bus_of
 from app.models import OutboxEvent
 
@@ -34,8 +35,7 @@ def _announce(session: AsyncSession, events: list[tuple[str, dict[str, Any]]]) -
         return
 
     async def publish() -> None:
-        for topic, payload in events:
-            await bus.publish(topic, payload)
+        await bus.publish(events)
 
     after_commit(session, publish)
 
@@ -45,7 +45,13 @@ async def emit(session: AsyncSession, topic: str, payload: dict[str, Any]) -> No
 
 
 async def emit_many(session: AsyncSession, events: list[tuple[str, dict[str, Any]]]) -> None:
-    session.add_all(OutboxEvent(topic=topic, payload=payload) for topic, payload in events)
+    # The stored payload also carries the trace of the request that caused the event; what
+    # this process's subscribers get is the payload as given.
+    traceparent = telemetry.current_traceparent()
+    extra = {telemetry.TRACE_KEY: traceparent} if traceparent else {}
+    session.add_all(
+        OutboxEvent(topic=topic, payload={**payload, **extra}) for topic, payload in events
+    )
     await session.flush()
     _announce(session, events)
 
@@ -81,6 +87,29 @@ _DELETE_PROCESSED = text("DELETE FROM outbox WHERE processed_at < :cutoff")
 _BACKLOG = text(
     "SELECT count(*) AS backlog, min(created_at) AS oldest FROM outbox WHERE processed_at IS NULL"
 )
+# For /metrics: each part is read through one of the two partial indexes (unpublished by id,
+# published-but-unprocessed by published_at), so the query stays cheap with a large backlog.
+_LOCAL_TIMEOUT = text("SELECT set_config('statement_timeout', :ms, true)")
+_PENDING_STATS = text(
+    """
+    SELECT
+      (SELECT count(*) FROM outbox WHERE published_at IS NULL)
+      + (SELECT count(*) FROM outbox
+         WHERE published_at IS NOT NULL AND processed_at IS NULL AND attempts < :max_attempts)
+        AS backlog,
+      LEAST(
+        (SELECT created_at FROM outbox WHERE published_at IS NULL ORDER BY id LIMIT 1),
+        (SELECT min(created_at) FROM outbox
+         WHERE published_at IS NOT NULL AND processed_at IS NULL AND attempts < :max_attempts)
+      ) AS oldest,
+      (SELECT count(*) FROM outbox
+       WHERE published_at IS NOT NULL AND processed_at IS NULL AND attempts >= :max_attempts)
+        AS dead_letters
+    """
+)
+
+# Deliveries after which an event is a dead letter: kept, counted, alerted on, not retried.
+DEAD_LETTER_ATTEMPTS = 10
 
 
 async def claim_unpublished(session: AsyncSession, limit: int) -> Sequence[AnyRow]:
@@ -120,3 +149,10 @@ async def delete_processed(session: AsyncSession, older_than: datetime) -> int:
 
 async def backlog(session: AsyncSession) -> AnyRow:
     return (await session.execute(_BACKLOG)).one()
+
+
+async def pending_stats(session: AsyncSession, *, timeout_ms: int) -> AnyRow:
+    """Backlog (dead letters excluded), its oldest `created_at`, and the dead letters, under
+    a statement timeout of its own (the scrape must never wait on a busy database)."""
+    await session.execute(_LOCAL_TIMEOUT, {"ms": str(timeout_ms)})
+    return (await session.execute(_PENDING_STATS, {"max_attempts": DEAD_LETTER_ATTEMPTS})).one()

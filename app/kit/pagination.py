@@ -78,9 +78,10 @@ def parse_datetime(value: Any) -> datetime:
     parsed = datetime.fromisoformat(value)
     if parsed.tzinfo is None:
         raise ValueError("cursor time has no offset")
-    # In UTC, as the database compares it: a time that leaves the calendar there (year 1 at
-    # +14:00) raises OverflowError here instead of in the driver.
-    return parsed.astimezone(UTC)
+    # The database compares in UTC: a time that leaves the calendar there (year 1 at +14:00)
+    # must fail here, as a validation error, not in the driver.
+    parsed.astimezone(UTC)
+    return parsed
 
 
 def parse_uuid(value: Any) -> uuid.UUID:

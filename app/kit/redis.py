@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import Request
 from redis.asyncio import Redis
 
+from app.kit import telemetry
 from app.settings import Settings
 
 
@@ -19,6 +20,7 @@ def create_redis(url: str, settings: Settings) -> Redis:
         health_check_interval=30,
         decode_responses=False,
     )
+    telemetry.instrument_redis(client)
     return client
 
 

@@ -28,7 +28,6 @@ from typing import Any, Literal, Self, cast
 
 import httpx
 import pybreaker
-from prometheus_client import Counter, Gauge, Histogram
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from tenacity import (
@@ -40,30 +39,14 @@ from tenacity import (
 )
 from tenacity.wait import wait_base
 
+from app.kit import telemetry
+from app.kit.metrics import BREAKER_STATE, EXTERNAL_DURATION, EXTERNAL_REQUESTS
 from app.settings import Settings
 
 logger = logging.getLogger(__name__)
 
 BreakerState = Literal["closed", "open", "half-open"]
 _STATE_VALUES: dict[str, float] = {"closed": 0.0, "half-open": 1.0, "open": 2.0}
-
-EXTERNAL_REQUESTS = Counter(
-    "carebook_external_requests_total",
-    "Attempts of outgoing third-party calls, by service and outcome.",
-    ["service", "outcome"],
-)
-EXTERNAL_DURATION = Histogram(
-    "carebook_external_request_duration_seconds",
-    "Duration of attempts of outgoing third-party calls that reached the network.",
-    ["service"],
-    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
-)
-BREAKER_STATE = Gauge(
-    "carebook_circuit_breaker_state",
-    "Circuit breaker state per third-party service: 0 closed, 1 half-open, 2 open.",
-    ["service"],
-)
-
 
 # --- Errors ------------------------------------------------------------------------------------
 
@@ -293,6 +276,7 @@ class ResilientClient:
             ),
             follow_redirects=False,
         )
+        telemetry.instrument_httpx(self._client)
         BREAKER_STATE.labels(service).set(0.0)
         logger.info("%s integration enabled at %s", service, base_url, extra={"service": service})
 

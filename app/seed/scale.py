@@ -733,6 +733,10 @@ async def seed_scale(
             )
     finally:
         await engine.dispose()
+    from app.analytics.tasks import rebuild_with_settings  # the loaded visits' daily figures
+
+    stats = await rebuild_with_settings(settings)
+    typer.echo(f"clinic_daily_stats: {stats.rows} rows in {stats.seconds:.1f} s.", err=True)
     return ScaleSummary(
         plan=plan,
         clinics=len(data.clinics),

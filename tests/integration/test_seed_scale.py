@@ -424,3 +424,21 @@ async def test_the_generators_grid_is_the_applications_across_dst(
                     assert missing[0] < previous + slot_minutes * 60
         finally:
             await transaction.rollback()
+
+
+async def test_clinic_daily_stats_are_built_from_the_loaded_visits(seeded: Seeded) -> None:
+    # The analytics table equals a direct GROUP BY over the loaded appointments.
+    grouped = """
+        SELECT a.clinic_id, timezone(c.timezone, a.starts_at)::date AS day, count(*),
+            count(*) FILTER (WHERE a.status = 'completed'),
+            count(*) FILTER (WHERE a.status = 'cancelled'),
+            count(*) FILTER (WHERE a.status = 'no_show')
+        FROM appointments a JOIN clinics c ON c.id = a.clinic_id GROUP BY 1, 2 ORDER BY 1, 2
+    """
+    stats = """
+        SELECT clinic_id, day, booked, completed, cancelled, no_show
+        FROM clinic_daily_stats ORDER BY 1, 2
+    """
+    expected = [tuple(row) for row in await _rows(seeded.engine, grouped)]
+    assert expected
+    assert [tuple(row) for row in await _rows(seeded.engine, stats)] == expected

@@ -316,3 +316,19 @@ async def test_range_limits(client: httpx.AsyncClient, booking: Booking) -> None
     search = await client.get("/v1/availability", params={"date": day.isoformat(), "days": 8})
     assert search.status_code == 422
     assert search.json()["code"] == "range_too_large"
+
+
+async def test_dates_at_the_ends_of_the_calendar_are_empty_not_errors(
+    client: httpx.AsyncClient, booking: Booking
+) -> None:
+    # asyncpg sends 0001-01-01 and 9999-12-31 as -infinity and infinity: they must never reach
+    # the date arithmetic (found by the API fuzzer).
+    provider = await booking.provider()
+    url = f"/v1/providers/{provider.id}/availability"
+    for first, last in (("0001-01-01", "0001-01-01"), ("9999-12-01", "9999-12-31")):
+        response = await client.get(url, params={"from": first, "to": last})
+        assert response.status_code == 200, response.text
+        assert response.json()["slots"] == []
+    search = await client.get("/v1/availability", params={"date": "9999-12-31", "days": 7})
+    assert search.status_code == 200, search.text
+    assert all(item["slots"] == [] for item in search.json()["items"])

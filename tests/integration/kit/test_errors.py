@@ -12,7 +12,7 @@ import orjson
 from fastapi import FastAPI
 from sqlalchemy import text
 
-from app.kit.db import WriteSession
+from app.kit.db import Database, WriteSession
 from app.settings import Settings
 from tests.fixtures.app import client_for, make_settings, running_app
 from tests.fixtures.problems import PROBLEM, PROBLEM_KEYS, assert_problem
@@ -68,6 +68,22 @@ async def test_password_is_never_echoed_even_when_it_is_the_invalid_field(
     errors = assert_validation_problem(response)
     assert ["body", "password"] in locs(errors)
     assert SECRET_PASSWORD not in response.text
+
+
+async def test_a_nul_character_anywhere_is_a_validation_error_and_stores_nothing(
+    client: httpx.AsyncClient, database: Database
+) -> None:
+    # PostgreSQL cannot store NUL in text; schemas need not each refuse it (found by the fuzzer).
+    response = await client.post(
+        REGISTER,
+        json={"email": "nul@example.com", "password": SECRET_PASSWORD, "full_name": "A\u0000B"},
+    )
+    assert_validation_problem(response)
+    async with database.reading(primary=True) as session:
+        users = await session.execute(text("SELECT count(*) FROM users"))
+        assert users.scalar_one() == 0
+    search = await client.get("/v1/providers", params={"q": "dr\u0000"})
+    assert_validation_problem(search)
 
 
 async def test_wrong_types(client: httpx.AsyncClient) -> None:

@@ -156,6 +156,21 @@ def _booked_pushes(fcm: FakeFcm, visit: Visit) -> int:
     )
 
 
+async def _pushed(database: Database, visit: Visit) -> bool:
+    """The patient has a feed row and every one of them is recorded as pushed."""
+    async with database.reading(primary=True) as session:
+        total, unpushed = (
+            await session.execute(
+                text(
+                    "SELECT count(*), count(*) FILTER (WHERE pushed_at IS NULL)"
+                    " FROM notifications WHERE user_id = :patient"
+                ),
+                {"patient": visit.patient.id},
+            )
+        ).one()
+    return bool(total) and not unpushed
+
+
 async def _room_ready(database: Database, visit: Visit) -> bool:
     return (await _video_status(database, visit.id))[0] == "ready"
 
@@ -311,6 +326,10 @@ async def test_a_worker_killed_mid_job_reruns_it_and_the_room_is_made_once(
     config = worker_settings(settings, video, fcm, http_read_timeout_seconds=30.0)
     async with running_worker(config):
         await wait_for(lambda: _async(video.rooms_for(visit.id) == 1), what="the room call")
+        # The push runs beside the room job; stopping the worker while FCM has accepted it but
+        # before `pushed_at` commits would send it again (pushes are at least once), which is
+        # not what this test is about.
+        await wait_for(lambda: _pushed(database, visit), what="the push to be recorded")
     # The worker is gone (its job cancelled mid-call); the job was not finished.
     assert await _video_status(database, visit.id) == ("pending", None)
     video.clear_faults()

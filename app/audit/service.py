@@ -1,0 +1,38 @@
+from __future__ import annotations
+
+import uuid
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.audit import repository
+from app.audit.schemas import AuditEntryOut
+from app.kit.pagination import PageParams, build_page, decode_cursor
+
+
+def _position(value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError("not an audit position")
+    return value
+
+
+async def list_entries(
+    session: AsyncSession,
+    params: PageParams,
+    *,
+    entity: str | None,
+    entity_id: str | None,
+    actor_id: uuid.UUID | None,
+) -> tuple[list[AuditEntryOut], str | None]:
+    before_id = None
+    if params.cursor is not None:
+        (before_id,) = decode_cursor(params.cursor, (_position,))
+    rows = await repository.page(
+        session,
+        entity=entity,
+        entity_id=entity_id,
+        actor_id=actor_id,
+        before_id=before_id,
+        limit=params.limit,
+    )
+    items, cursor = build_page(rows, params.limit, lambda row: (row.id,))
+    return [AuditEntryOut.model_validate(row, from_attributes=True) for row in items], cursor
