@@ -106,6 +106,7 @@ class BenchConfig:
     contenders: int = 100  # clients of the contention scenarios, all on one slot at once
     contention_slots: int = 5  # slots fought over, one burst each
     scale_database_url: str | None = None  # a larger dataset for the scale check
+    server_settings: tuple[tuple[str, str], ...] = ()  # extra CAREBOOK_* for Carebook (A/B runs)
 
     def plan(
         self, port: int, *, budget: int | None = None, expected: frozenset[int] = frozenset()
@@ -618,6 +619,8 @@ async def _run_served(
     # The naive booking endpoint (and its unconstrained table) only on a scratch copy.
     naive_table = scenario.target == "naive" and scenario.scratch
     extra = {"CAREBOOK_LOAD_NAIVE_TABLE": "1"} if naive_table else {}
+    if scenario.target == "carebook":
+        extra.update(config.server_settings)
     env = server_env(
         config, cache_enabled=scenario.cache_enabled, database_url=database_url, extra=extra
     )
@@ -1292,6 +1295,14 @@ def render_report(report: BenchReport) -> str:
         f"set); {config.workers} uvicorn worker(s), {mixed_workers} for `mixed`; contention: "
         f"{config.contenders} clients at once on each of {config.contention_slots} slots; "
         f"{config.repeat} round(s), scenarios interleaved",
+        *(
+            [
+                "- **server settings** (an experiment, not the defaults): "
+                + ", ".join(f"`{k}={v}`" for k, v in config.server_settings)
+            ]
+            if config.server_settings
+            else []
+        ),
         "",
         "Throughput and latencies count 2xx responses (and, for the contention scenarios, the "
         "expected 409s); errors list other statuses and transport errors separately. "
@@ -1498,11 +1509,25 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[BenchConfig, Path | N
         help="a larger dataset: " + ", ".join(SCALE_SCENARIOS) + " run on it too (scale check)",
     )
     parser.add_argument(
+        "--server-setting",
+        action="append",
+        default=[],
+        metavar="CAREBOOK_NAME=VALUE",
+        help="repeatable: a setting for the Carebook servers, for experiments "
+        "(e.g. CAREBOOK_DB_POOL_PRE_PING=false); the report's command shows it",
+    )
+    parser.add_argument(
         "--smoke",
         action="store_true",
         help="seconds, not minutes: 2 s, 4 connections, 400 max, 20 contenders on 2 slots",
     )
     args = parser.parse_args(argv)
+    settings = []
+    for item in args.server_setting:
+        name, sep, value = item.partition("=")
+        if not sep or not name.startswith("CAREBOOK_"):
+            parser.error(f"--server-setting wants CAREBOOK_NAME=VALUE, not {item!r}")
+        settings.append((name, value))
     values: dict[str, float] = {
         "duration_s": args.duration,
         "warmup_s": args.warmup,
@@ -1531,6 +1556,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[BenchConfig, Path | N
         contenders=int(values["contenders"]),
         contention_slots=max(1, int(values["contention_slots"])),
         scale_database_url=args.scale_database_url,
+        server_settings=tuple(settings),
     )
     config.plan(0)  # validates the bounds before anything starts
     config.burst(0, frozenset())
