@@ -820,12 +820,24 @@ def _cpu(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}"
 
 
+def _per_request(run: ScenarioRun) -> str:
+    """CPU milliseconds per request sent (warm-up included, as the CPU columns are): the
+    server's (for in-process baselines, the runner's) plus PostgreSQL's backends'."""
+    sent = run.result.requests + run.result.warmup_requests
+    own = run.result.cpu_s if run.in_process else run.server_cpu_s
+    if not sent or own is None:
+        return "-"
+    database = run.database_cpu_s or 0.0
+    return f"{own / sent * 1000:.2f} + {database / sent * 1000:.2f}"
+
+
 _HEADER = (
     "| scenario | workers | concurrency | requests | throughput (req/s) | p50 ms | p95 ms "
     "| p99 ms | max ms | errors | vs baseline (throughput) | target | generator CPU s "
-    "| server CPU s | PostgreSQL CPU s | cache hit rate | body bytes | notes |\n"
+    "| server CPU s | PostgreSQL CPU s | CPU ms per request (server + PostgreSQL) "
+    "| cache hit rate | body bytes | notes |\n"
     "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- | --- | ---: "
-    "| ---: | ---: | ---: | ---: | --- |"
+    "| ---: | ---: | ---: | ---: | ---: | --- |"
 )
 
 # Each scenario's baseline(s): the report shows the scenario's throughput as a multiple of each.
@@ -898,7 +910,7 @@ def _row(
     r = run.result
     label = _label(run, main)
     if run.skipped:
-        cells = [label, str(run.workers), "-", *["-"] * 15]
+        cells = [label, str(run.workers), "-", *["-"] * 16]
         cells[-1] = _notes(run)
         return "| " + " | ".join(cells) + " |"
     cells = [
@@ -917,6 +929,7 @@ def _row(
         f"{r.cpu_s:.1f}",
         _cpu(run.server_cpu_s),
         _cpu(run.database_cpu_s),
+        _per_request(run),
         _hit_rate(run.cache_hit_rate),
         f"{r.mean_body_bytes:,.0f}",
         _notes(run),
