@@ -734,6 +734,7 @@ SCENARIOS: dict[str, Scenario] = {
             "carebook",
             cache_enabled=True,
             setup=mixed_setup,
+            cache_name="availability",  # bookings and cancellations bump provider versions
             scratch=True,
             mixed_workers=True,
         ),
