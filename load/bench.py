@@ -820,7 +820,7 @@ def _cpu(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}"
 
 
-def _per_request(run: ScenarioRun) -> str:
+def cpu_per_request(run: ScenarioRun) -> str:
     """CPU milliseconds per request sent (warm-up included, as the CPU columns are): the
     server's (for in-process baselines, the runner's) plus PostgreSQL's backends'."""
     sent = run.result.requests + run.result.warmup_requests
@@ -929,7 +929,7 @@ def _row(
         f"{r.cpu_s:.1f}",
         _cpu(run.server_cpu_s),
         _cpu(run.database_cpu_s),
-        _per_request(run),
+        cpu_per_request(run),
         _hit_rate(run.cache_hit_rate),
         f"{r.mean_body_bytes:,.0f}",
         _notes(run),

@@ -9,13 +9,17 @@ import os
 import uuid
 from datetime import UTC, date, datetime, timedelta
 
+import pytest
+
 from app.availability.repository import FREE_SLOTS_OF_PROVIDER
 from load.bench import (
     BenchConfig,
     BenchReport,
     ScenarioRun,
+    cpu_per_request,
     database_cpu_seconds,
     database_cpu_ticks,
+    parse_args,
     render_report,
     verdicts,
 )
@@ -221,3 +225,37 @@ def test_database_cpu_counts_live_and_new_backends() -> None:
     assert database_cpu_seconds({1: 10, 2: 5}, {1: 30, 3: 7}) == (20 + 7) / hz
     assert database_cpu_seconds(None, {1: 1}) is None
     assert database_cpu_ticks(f"no_such_database_{uuid.uuid4().hex}") == {}
+
+
+def test_server_settings_are_parsed_checked_and_shown() -> None:
+    config, report_path = parse_args(
+        [
+            "--database-url",
+            "postgresql://u:secret@127.0.0.1/db",
+            "--redis-url",
+            "redis://127.0.0.1:6379/9",
+            "--server-setting",
+            "CAREBOOK_DB_POOL_PRE_PING=false",
+            "--mixed-workers",
+            "2",
+            "--smoke",
+        ]
+    )
+    assert report_path is None
+    assert config.server_settings == (("CAREBOOK_DB_POOL_PRE_PING", "false"),)
+    assert (config.mixed_workers, config.contenders, config.contention_slots) == (2, 20, 2)
+    assert "u:***@" in config.command  # no password in the report
+    assert config.workers_for(SCENARIOS["mixed"]) == 2
+    assert config.workers_for(SCENARIOS["booking"]) == 1
+    with pytest.raises(SystemExit):
+        parse_args(["--database-url", "x", "--redis-url", "y", "--server-setting", "PATH=/"])
+    report = _report([_run("constant", _result(7000, 10, 15))])
+    report.config = config
+    assert "`CAREBOOK_DB_POOL_PRE_PING=false`" in render_report(report)
+
+
+def test_cpu_per_request_adds_the_database_share() -> None:
+    served = _run("listing", _result(300, 20, 40), database_cpu_s=0.5)  # 5.0 s server CPU
+    assert cpu_per_request(served) == "4.95 + 0.50"  # over 1,010 requests sent
+    in_process = ScenarioRun("raw-booking", 1, _result(800, 5, 9), None, in_process=True)
+    assert cpu_per_request(in_process) == "0.99 + 0.00"  # its own CPU: the result's 1.0 s
