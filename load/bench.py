@@ -325,6 +325,8 @@ def log_problems(text: str) -> dict[str, int]:
                 entry = json.loads(line)
                 if isinstance(entry, dict) and entry.get("level") in _PROBLEM_LEVELS:
                     message = str(entry.get("message", ""))
+                    if entry.get("error"):  # e.g. the exception type of a failed Redis call
+                        message += f" ({entry['error']})"
         else:
             level, sep, rest = line.partition(":")
             if sep and level.strip().lower() in _PROBLEM_LEVELS:

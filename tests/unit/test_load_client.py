@@ -520,6 +520,7 @@ def test_log_problems_counts_warnings_and_errors_by_message() -> None:
             "INFO:     Started server process [1]",
             '{"level": "warning", "logger": "carebook.cache", "message": "redis call failed"}',
             '{"level": "warning", "logger": "carebook.cache", "message": "redis call failed"}',
+            '{"level": "warning", "message": "redis call failed", "error": "ConnectionError"}',
             '{"level": "info", "logger": "carebook.access", "message": "request"}',
             '{"level": "error", "logger": "carebook.errors", "message": "unhandled error"}',
             "ERROR:    Exception in ASGI application",
@@ -528,6 +529,7 @@ def test_log_problems_counts_warnings_and_errors_by_message() -> None:
     )
     assert log_problems(text) == {
         "redis call failed": 2,
+        "redis call failed (ConnectionError)": 1,
         "unhandled error": 1,
         "Exception in ASGI application": 1,
     }
