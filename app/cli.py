@@ -161,14 +161,41 @@ def serve(
 
 
 @cli.command()
-def worker(data_dir: DataDir = None) -> None:
+def worker(
+    data_dir: DataDir = None,
+    check: Annotated[
+        bool,
+        typer.Option(
+            "--check",
+            help="Exit 0 if the worker on this host refreshed its health-check key recently, "
+            "else 1 (a liveness probe; needs CAREBOOK_REDIS_URL).",
+        ),
+    ] = False,
+) -> None:
     """Run the background job worker (ARQ): the jobs and cron jobs of workers/settings.py."""
+    if check:
+        _check_worker()
+        return
     from app.kit.logging import configure_logging
     from workers.runner import run_until_signalled
 
     with _environment(data_dir, with_redis=True) as settings:
         configure_logging(settings.log_level, json=settings.log_json)
         asyncio.run(run_until_signalled(settings))
+
+
+def _check_worker() -> None:
+    """Never starts embedded servers: a probe only reads the configured Redis."""
+    from workers.health import check_health, health_check_key
+
+    settings = _reload_settings()
+    if settings.redis_url is None:
+        typer.echo("error: --check needs CAREBOOK_REDIS_URL.", err=True)
+        raise typer.Exit(code=1)
+    if not asyncio.run(check_health(settings)):
+        typer.echo(f"unhealthy: no recent heartbeat at {health_check_key()}.", err=True)
+        raise typer.Exit(code=1)
+    typer.echo(f"healthy: {health_check_key()} is fresh.")
 
 
 @cli.command()

@@ -22,6 +22,7 @@ from app.notifications.tasks import catch_up_reminders, deliver_notification, se
 from app.settings import Settings, get_settings
 from app.video.tasks import RECONCILE_EVERY_MINUTES, retry_video_rooms, sync_video_room
 from workers.events import expire_idempotency_keys, handle_event, sweep_outbox
+from workers.health import health_check_key
 from workers.outbox import OutboxRelay
 
 CALLING_OUT_TIMEOUT_SECONDS = 300
@@ -95,6 +96,8 @@ def worker_options(settings: Settings, *, relay: bool = True) -> dict[str, Any]:
         "on_shutdown": shutdown,
         # Kubernetes' liveness probe reads this key; ARQ's default refreshes it only hourly.
         "health_check_interval": settings.worker_health_check_interval_seconds,
+        # One key per host, so a worker's liveness probe is about that worker (workers/health.py).
+        "health_check_key": health_check_key(),
         "max_jobs": 20,
         "job_timeout": 60,
         "keep_result": 3600,
@@ -111,3 +114,4 @@ class WorkerSettings:
     on_startup = _options.get("on_startup")
     on_shutdown = _options.get("on_shutdown")
     health_check_interval = _options.get("health_check_interval", 30)
+    health_check_key = _options.get("health_check_key")

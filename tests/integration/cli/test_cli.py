@@ -36,7 +36,7 @@ CAREBOOK = Path(sys.executable).parent / "carebook"
 COMMANDS = ["serve", "worker", "migrate", "seed", "create-user"]
 COMMAND_OPTIONS = {
     "serve": ["--host", "--port", "--workers", "--data-dir", "--demo"],
-    "worker": ["--data-dir"],
+    "worker": ["--data-dir", "--check"],
     "migrate": ["--data-dir"],
     "seed": ["--demo", "--scale", "--data-dir"],
     "create-user": ["--email", "--password", "--role", "--clinic-id", "--data-dir"],
