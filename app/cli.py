@@ -25,6 +25,10 @@ cli = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+# uvicorn lets requests in flight finish for this long after SIGTERM; deploy/k8s and
+# docker-compose.yml give the API more than this (plus their drain delay) before SIGKILL.
+GRACEFUL_SHUTDOWN_SECONDS = 20
+
 DataDir = Annotated[
     Path | None,
     typer.Option(
@@ -153,7 +157,7 @@ def serve(
             loop="uvloop",
             http="httptools",
             log_config=None,
-            timeout_graceful_shutdown=20,
+            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
             # The client address (rate limits) comes from X-Forwarded-For only via these.
             proxy_headers=True,
             forwarded_allow_ips=settings.forwarded_allow_ips,
