@@ -18,12 +18,11 @@ from typing import Any
 
 import jsonschema
 import pytest
-import typer
 import yaml
 
-from app.cli import GRACEFUL_SHUTDOWN_SECONDS, cli
-from app.main import create_app
+from app.cli import GRACEFUL_SHUTDOWN_SECONDS
 from app.settings import Settings
+from tests.fixtures.codebase import app_paths, cli_options, setting_env_names
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
@@ -32,25 +31,6 @@ PREFIX = "CAREBOOK_"
 CAREBOOK_SERVICES = ("api", "worker", "migrate")
 IMAGE_UID = "10001"
 TMP = "/tmp"  # noqa: S108 - the path the containers mount a tmpfs on, not a file opened here
-
-
-def _cli_options() -> dict[str, set[str]]:
-    group = typer.main.get_command(cli)
-    assert isinstance(group, typer.core.TyperGroup)
-    return {
-        name: {opt for param in command.params for opt in param.opts}
-        for name, command in group.commands.items()
-    }
-
-
-def _app_paths() -> set[str]:
-    app = create_app(Settings(environment="test", jwt_secret="x" * 40))
-    paths: set[str] = set()
-    for route in app.routes:
-        contexts = getattr(route, "effective_route_contexts", None)
-        if contexts is not None:
-            paths.update(context.path for context in contexts())
-    return paths
 
 
 def _seconds(duration: str) -> float:
@@ -85,7 +65,7 @@ def test_compose_runs_the_kubernetes_topology_on_one_machine() -> None:
         "minio",
         "minio-bucket",
     }
-    options = _cli_options()
+    options = cli_options()
     for name in CAREBOOK_SERVICES:
         command = SERVICES[name]["command"]
         assert command[0] == "carebook"
@@ -100,7 +80,7 @@ def test_compose_runs_the_kubernetes_topology_on_one_machine() -> None:
 
 
 def test_every_carebook_variable_is_a_real_setting() -> None:
-    fields = {PREFIX + field.upper() for field in Settings.model_fields}
+    fields = setting_env_names()
     for name in CAREBOOK_SERVICES:
         environment: dict[str, str] = SERVICES[name]["environment"]
         assert set(environment) - fields == set(), name
@@ -174,7 +154,7 @@ def test_health_checks_use_the_apps_routes_and_the_workers_check() -> None:
     path = re.search(r"http://127\.0\.0\.1:(\d+)(/[a-z/]+)", api)
     assert path is not None
     assert path.group(2) == "/health/ready"
-    assert path.group(2) in _app_paths()
+    assert path.group(2) in app_paths()
     serve = SERVICES["api"]["command"]
     assert path.group(1) == serve[serve.index("--port") + 1]
     assert SERVICES["worker"]["healthcheck"]["test"] == ["CMD", "carebook", "worker", "--check"]
@@ -292,4 +272,4 @@ def test_the_image_exposes_the_api_and_serves_it_by_default() -> None:
     assert probe[:2] == ["python", "-c"]
     path = re.search(r"http://127\.0\.0\.1:8000(/[a-z/]+)", probe[2])
     assert path is not None
-    assert path.group(1) in _app_paths()
+    assert path.group(1) in app_paths()

@@ -13,14 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import typer
 import yaml
 from kubernetes_validate import utils as kubernetes_validate
 from pydantic import ValidationError
 
-from app.cli import GRACEFUL_SHUTDOWN_SECONDS, cli
-from app.main import create_app
+from app.cli import GRACEFUL_SHUTDOWN_SECONDS
 from app.settings import Settings
+from tests.fixtures.codebase import app_paths, cli_options, setting_env_names
 from workers.settings import CALLING_OUT_TIMEOUT_SECONDS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -62,33 +61,6 @@ def _containers() -> Iterator[tuple[str, Doc]]:
     for name, pod in _pod_specs():
         for container in pod["containers"]:
             yield f"{name}/{container['name']}", container
-
-
-def _cli_options() -> dict[str, set[str]]:
-    """Each `carebook` command with the options it accepts, from the Typer app itself."""
-    group = typer.main.get_command(cli)
-    assert isinstance(group, typer.core.TyperGroup)
-    return {
-        name: {opt for param in command.params for opt in param.opts}
-        for name, command in group.commands.items()
-    }
-
-
-def _app_paths() -> set[str]:
-    """Every path the app routes, those of included routers (with their prefixes) too."""
-    app = create_app(Settings(environment="test", jwt_secret="x" * 40))
-    paths: set[str] = set()
-    for route in app.routes:
-        contexts = getattr(route, "effective_route_contexts", None)
-        if contexts is not None:
-            paths.update(context.path for context in contexts())
-        elif isinstance(getattr(route, "path", None), str):
-            paths.add(route.path)  # type: ignore[attr-defined]
-    return paths
-
-
-def _setting_names() -> set[str]:
-    return {PREFIX + field.upper() for field in Settings.model_fields}
 
 
 def test_the_expected_objects_exist() -> None:
@@ -146,7 +118,7 @@ def test_kustomizations_list_their_folders_manifests() -> None:
 
 
 def test_containers_run_real_cli_commands_with_real_options() -> None:
-    commands = _cli_options()
+    commands = cli_options()
     runs: list[list[str]] = []
     for _, container in _containers():
         runs.append(container["command"])
@@ -163,7 +135,7 @@ def test_containers_run_real_cli_commands_with_real_options() -> None:
 
 
 def test_the_api_probes_and_scrape_path_are_routes_of_the_app() -> None:
-    paths = _app_paths()
+    paths = app_paths()
     assert {"/v1/appointments", "/health/live"} <= paths  # the walk finds included routes
     api = _one("Deployment", "carebook-api")
     container = api["spec"]["template"]["spec"]["containers"][0]
@@ -206,7 +178,7 @@ def test_every_container_reads_the_configmap_and_the_secret_and_nothing_else() -
 
 
 def test_configmap_and_secret_keys_are_real_settings() -> None:
-    names = _setting_names()
+    names = setting_env_names()
     config = _one("ConfigMap", "carebook-config")["data"]
     secret = _one("Secret", "carebook-secrets")["stringData"]
     # The commented-out examples must be real names too, for the day they are uncommented.

@@ -80,11 +80,13 @@ def cli_env(database_url: str | None) -> dict[str, str]:
     return env
 
 
-async def run_cli(*args: str, database_url: str | None) -> Result:
+async def run_cli(
+    *args: str, database_url: str | None, extra_env: dict[str, str] | None = None
+) -> Result:
     process = await asyncio.create_subprocess_exec(
         str(CAREBOOK),
         *args,
-        env=cli_env(database_url),
+        env={**cli_env(database_url), **(extra_env or {})},
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,

@@ -7,13 +7,8 @@ print a traceback: Kubernetes shows the probe's output in the pod's events.
 
 from __future__ import annotations
 
-import asyncio
-import os
 import socket
-import sys
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
@@ -22,41 +17,15 @@ from app.kit.db import Database
 from app.settings import Settings
 from tests.fixtures.app import make_settings
 from tests.fixtures.worker import running_worker, wait_for
+from tests.integration.cli.test_cli import Result, run_cli
 from workers.health import health_check_key
 
-CAREBOOK = Path(sys.executable).parent / "carebook"
-CHECK_TIMEOUT_SECONDS = 30.0
 
-
-@dataclass(frozen=True)
-class Check:
-    returncode: int
-    output: str
-
-
-async def run_check(redis_url: str | None) -> Check:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CAREBOOK_")}
-    env["CAREBOOK_ENVIRONMENT"] = "development"
-    if redis_url is not None:
-        env["CAREBOOK_REDIS_URL"] = redis_url
-    process = await asyncio.create_subprocess_exec(
-        str(CAREBOOK),
-        "worker",
-        "--check",
-        env=env,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    try:
-        stdout, _ = await asyncio.wait_for(process.communicate(), CHECK_TIMEOUT_SECONDS)
-    except TimeoutError:
-        process.kill()
-        await process.wait()
-        raise
-    assert process.returncode is not None
-    result = Check(process.returncode, stdout.decode())
-    assert "Traceback" not in result.output, result.output
+async def run_check(redis_url: str | None) -> Result:
+    """`carebook worker --check` with only this Redis configured (no other CAREBOOK_ variable)."""
+    extra = {"CAREBOOK_REDIS_URL": redis_url} if redis_url is not None else {}
+    result = await run_cli("worker", "--check", database_url=None, extra_env=extra)
+    assert "Traceback" not in result.output, result.describe()
     return result
 
 
@@ -79,7 +48,7 @@ def _free_port() -> int:
 async def test_check_fails_when_no_worker_ran(settings: Settings, redis: Redis) -> None:
     assert not await redis.exists(health_check_key())
     result = await run_check(settings.redis_url)
-    assert result.returncode == 1, result.output
+    assert result.returncode == 1, result.describe()
     assert "unhealthy" in result.output
 
 
@@ -92,13 +61,13 @@ async def test_check_passes_while_a_worker_runs_and_fails_once_its_key_expires(
     async with running_worker(quick, relay=False):
         await wait_for(lambda: _exists(redis, health_check_key()), what="the first heartbeat")
         result = await run_check(settings.redis_url)
-        assert result.returncode == 0, result.output
+        assert result.returncode == 0, result.describe()
         assert "healthy" in result.output
     # A stopped (or stuck) worker refreshes nothing: its key lives interval + 1 s, then the
     # probe fails.
     await wait_for(lambda: _missing(redis, health_check_key()), within=10, what="the key to expire")
     result = await run_check(settings.redis_url)
-    assert result.returncode == 1, result.output
+    assert result.returncode == 1, result.describe()
 
 
 async def test_another_hosts_worker_does_not_make_this_one_healthy(
@@ -108,18 +77,18 @@ async def test_another_hosts_worker_does_not_make_this_one_healthy(
     assert other != health_check_key()
     await redis.set(other, b"alive", ex=60)
     result = await run_check(settings.redis_url)
-    assert result.returncode == 1, result.output
+    assert result.returncode == 1, result.describe()
 
 
 async def test_check_fails_cleanly_when_redis_is_unreachable() -> None:
     result = await run_check(f"redis://127.0.0.1:{_free_port()}/0")
-    assert result.returncode == 1, result.output
+    assert result.returncode == 1, result.describe()
     assert "unreachable" in result.output
 
 
 async def test_check_needs_a_redis_url() -> None:
     result = await run_check(None)
-    assert result.returncode == 1, result.output
+    assert result.returncode == 1, result.describe()
     assert "CAREBOOK_REDIS_URL" in result.output
 
 
