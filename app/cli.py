@@ -26,6 +26,10 @@ cli = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+# uvicorn lets requests in flight finish for this long after SIGTERM; deploy/k8s and
+# docker-compose.yml give the API more than this (plus their drain delay) before SIGKILL.
+GRACEFUL_SHUTDOWN_SECONDS = 20
+
 DataDir = Annotated[
     Path | None,
     typer.Option(
@@ -158,7 +162,7 @@ def serve(
             loop="uvloop",
             http="httptools",
             log_config=None,
-            timeout_graceful_shutdown=20,
+            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
             # The client address (rate limits) comes from X-Forwarded-For only via these.
             proxy_headers=True,
             forwarded_allow_ips=settings.forwarded_allow_ips,
@@ -185,8 +189,21 @@ def _multiprocess_metrics(workers: int) -> Iterator[None]:
 
 
 @cli.command()
-def worker(data_dir: DataDir = None) -> None:
+def worker(
+    data_dir: DataDir = None,
+    check: Annotated[
+        bool,
+        typer.Option(
+            "--check",
+            help="Exit 0 if the worker on this host refreshed its health-check key recently, "
+            "else 1 (a liveness probe; needs CAREBOOK_REDIS_URL).",
+        ),
+    ] = False,
+) -> None:
     """Run the background job worker (ARQ): the jobs and cron jobs of workers/settings.py."""
+    if check:
+        _check_worker()
+        return
     from app.kit.logging import configure_logging
     from workers.runner import run_until_signalled
 
@@ -197,6 +214,20 @@ def worker(data_dir: DataDir = None) -> None:
 
             start_http_server(settings.worker_metrics_port, addr=settings.worker_metrics_host)
         asyncio.run(run_until_signalled(settings))
+
+
+def _check_worker() -> None:
+    """Never starts embedded servers: a probe only reads the configured Redis."""
+    from workers.health import check_health, health_check_key
+
+    settings = _reload_settings()
+    if settings.redis_url is None:
+        typer.echo("error: --check needs CAREBOOK_REDIS_URL.", err=True)
+        raise typer.Exit(code=1)
+    if not asyncio.run(check_health(settings)):
+        typer.echo(f"unhealthy: no recent heartbeat at {health_check_key()}.", err=True)
+        raise typer.Exit(code=1)
+    typer.echo(f"healthy: {health_check_key()} is fresh.")
 
 
 @cli.command()

@@ -43,7 +43,7 @@ async def run_worker(
                 extra={"error": type(error).__name__, "retry_in_s": delay},
             )
         finally:
-            await _close(worker)
+            await close_worker(worker)
         await asyncio.sleep(delay)
         delay = min(delay * 2, restart_max_seconds)
 
@@ -61,7 +61,18 @@ async def run_until_signalled(settings: Settings) -> None:
     logger.info("worker stopped")
 
 
-async def _close(worker: Worker) -> None:
+async def close_worker(worker: Worker) -> None:
+    """Stop `worker` and run its shutdown hook (which stops the outbox relay and disposes the
+    engines), whatever its running jobs do.
+
+    ARQ's `Worker.close` cancels the running jobs, then gathers them without
+    `return_exceptions`: a job running at that moment makes it raise CancelledError before the
+    hook ever runs, leaving the relay polling. The jobs are cancelled and awaited here first,
+    so `close` finds none. They stay queued and run again (they are idempotent)."""
+    for task in worker.tasks.values():
+        task.cancel()
+    await asyncio.gather(*worker.tasks.values(), return_exceptions=True)
+    worker.tasks.clear()
     try:
         await worker.close()
     except (RedisError, OSError):

@@ -24,6 +24,7 @@ from app.notifications.tasks import catch_up_reminders, deliver_notification, se
 from app.settings import Settings, get_settings
 from app.video.tasks import RECONCILE_EVERY_MINUTES, retry_video_rooms, sync_video_room
 from workers.events import expire_idempotency_keys, handle_event, sweep_outbox
+from workers.health import health_check_key
 from workers.outbox import OutboxRelay
 from workers.telemetry import instrumented
 
@@ -124,6 +125,8 @@ def worker_options(settings: Settings, *, relay: bool = True) -> dict[str, Any]:
         "on_shutdown": shutdown,
         # Kubernetes' liveness probe reads this key; ARQ's default refreshes it only hourly.
         "health_check_interval": settings.worker_health_check_interval_seconds,
+        # One key per host, so a worker's liveness probe is about that worker (workers/health.py).
+        "health_check_key": health_check_key(),
         "max_jobs": 20,
         "job_timeout": 60,
         "keep_result": 3600,
@@ -140,3 +143,4 @@ class WorkerSettings:
     on_startup = _options.get("on_startup")
     on_shutdown = _options.get("on_shutdown")
     health_check_interval = _options.get("health_check_interval", 30)
+    health_check_key = _options.get("health_check_key")

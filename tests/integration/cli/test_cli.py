@@ -36,7 +36,7 @@ CAREBOOK = Path(sys.executable).parent / "carebook"
 COMMANDS = ["serve", "worker", "migrate", "seed", "create-user", "stats"]
 COMMAND_OPTIONS = {
     "serve": ["--host", "--port", "--workers", "--data-dir", "--demo"],
-    "worker": ["--data-dir"],
+    "worker": ["--data-dir", "--check"],
     "migrate": ["--data-dir"],
     "seed": ["--demo", "--scale", "--data-dir"],
     "create-user": ["--email", "--password", "--role", "--clinic-id", "--data-dir"],
@@ -81,11 +81,13 @@ def cli_env(database_url: str | None) -> dict[str, str]:
     return env
 
 
-async def run_cli(*args: str, database_url: str | None) -> Result:
+async def run_cli(
+    *args: str, database_url: str | None, extra_env: dict[str, str] | None = None
+) -> Result:
     process = await asyncio.create_subprocess_exec(
         str(CAREBOOK),
         *args,
-        env=cli_env(database_url),
+        env={**cli_env(database_url), **(extra_env or {})},
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,

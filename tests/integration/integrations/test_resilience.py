@@ -189,7 +189,7 @@ async def test_breaker_opens_after_fail_max_failures_and_closes_after_reset(
     fake.fail_next(times=None, status=503)
     service = "breaker-cycle"
     async with client_for(
-        fake, service, http_retry_attempts=1, breaker_fail_max=3, breaker_reset_seconds=0.3
+        fake, service, http_retry_attempts=1, breaker_fail_max=3, breaker_reset_seconds=1.0
     ) as client:
         assert client.status().breaker == "closed"
         assert gauge(service) == 0.0
@@ -205,17 +205,16 @@ async def test_breaker_opens_after_fail_max_failures_and_closes_after_reset(
         assert gauge(service) == 2.0
         assert len(fake.calls) == 3
 
-        # Open: calls fail fast and never reach the service.
-        started = time.monotonic()
+        # Open: calls fail at once and never reach the service (the reset timeout is long
+        # enough that a busy machine does not reach half-open meanwhile).
         for _ in range(5):
             with pytest.raises(CircuitOpen):
                 await create(client)
-        assert time.monotonic() - started < 0.2
         assert len(fake.calls) == 3
 
         # The service recovers; after the reset timeout one trial call closes the breaker.
         fake.clear_faults()
-        await asyncio.sleep(0.35)
+        await asyncio.sleep(1.05)
         response = await create(client)
         assert response.status_code == 200
         assert client.status().breaker == "closed"

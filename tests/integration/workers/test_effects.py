@@ -577,3 +577,15 @@ async def test_an_unregistered_token_is_removed_and_the_feed_keeps_the_message(
         ).all()
     assert tokens == [second["token"]]
     assert [n["kind"] for n in await _feed(client, visit.patient)] == ["booked"]
+
+
+async def test_a_worker_stopped_while_a_job_finishes_still_runs_its_shutdown_hook(
+    settings: Settings, database: Database, video: FakeVideoSdk, fcm: FakeFcm
+) -> None:
+    # A job cancelled inside ARQ's shielded finish step ends in CancelledError, and ARQ's own
+    # close() then raises before its shutdown hook: the outbox relay would go on polling and
+    # claim every later event of this process.
+    async with running_worker(worker_settings(settings, video, fcm)) as worker:
+        relay: asyncio.Task[None] = worker.ctx["relay_task"]
+        worker.tasks["finishing"] = asyncio.create_task(asyncio.Event().wait())
+    assert relay.done()
