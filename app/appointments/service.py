@@ -159,11 +159,16 @@ def _overlap_error(exc: IntegrityError) -> SlotUnavailable:
 
 
 async def _lock_provider(
-    session: AsyncSession, principal: Principal, provider_id: uuid.UUID, action: str
+    session: AsyncSession,
+    principal: Principal,
+    provider_id: uuid.UUID,
+    action: str,
+    *,
+    active_only: bool = True,
 ) -> Provider:
     """The provider's row, locked against concurrent bookings of theirs; staff act only on
     providers of their own clinic."""
-    provider = await repository.lock_provider(session, provider_id)
+    provider = await repository.lock_provider(session, provider_id, active_only=active_only)
     if provider is None:
         raise NotFound("No such provider.")
     if (
@@ -408,7 +413,8 @@ async def cancel_range(
     if data.to - data.from_ > RANGE_CANCEL_MAX:
         raise RangeTooLarge("A range cancellation spans at most 366 days.")
     # The provider lock orders this with bookings: none lands in the range half-way through.
-    await _lock_provider(session, principal, provider_id, "cancel appointments")
+    # Also for a provider no longer active: their remaining visits are what must be cancelled.
+    await _lock_provider(session, principal, provider_id, "cancel appointments", active_only=False)
     rows = await repository.cancel_range(
         session, provider_id, starts_from=data.from_, starts_before=data.to, reason=data.reason
     )

@@ -465,7 +465,9 @@ def _at(now: datetime, expires_in: int) -> datetime:
 def create_storage(settings: Settings) -> LocalStorage | S3Storage:
     """The configured backend (called in the lifespan)."""
     if settings.storage_backend == "s3":
-        endpoint, bucket = settings.s3_endpoint_url, settings.s3_bucket
+        # Unset means AWS S3 itself, in the configured region (path-style addressing).
+        endpoint = settings.s3_endpoint_url or f"https://s3.{settings.s3_region}.amazonaws.com"
+        bucket = settings.s3_bucket
         key_id, secret = settings.s3_access_key_id, settings.s3_secret_access_key
         if not (endpoint and bucket and key_id and secret):
             missing = [
