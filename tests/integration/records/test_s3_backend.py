@@ -54,6 +54,10 @@ async def test_records_round_trip_through_s3(
             body["upload_url"], content=b"hello world", headers=body["upload_headers"]
         )
         assert put.status_code == 200, put.text
+        again = await outside.put(
+            body["upload_url"], content=b"HELLO WORLD", headers=body["upload_headers"]
+        )
+        assert again.status_code == 412, "the object is written once"
 
         listed = await api.get(team.records_path(), headers=team.patient.headers)
         (item,) = listed.json()["items"]
