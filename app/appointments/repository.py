@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, func, select, tuple_, update
+from sqlalchemy import ColumnElement, bindparam, func, select, tuple_, update
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import UUID as PG_UUID
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -95,12 +95,17 @@ async def list_views(
     return (await session.execute(query.limit(limit + 1))).all()
 
 
-async def lock_provider(session: AsyncSession, provider_id: uuid.UUID) -> Provider | None:
+async def lock_provider(
+    session: AsyncSession, provider_id: uuid.UUID, *, active_only: bool = True
+) -> Provider | None:
     """Serialise bookings of one provider. NO KEY UPDATE is the FOR UPDATE variant that still
     lets other transactions take FK (KEY SHARE) locks on the row, e.g. to add time off."""
+    conditions: list[ColumnElement[bool]] = [Provider.user_id == provider_id]
+    if active_only:
+        conditions.append(Provider.is_active.is_(True))
     result = await session.execute(
         select(Provider)
-        .where(Provider.user_id == provider_id, Provider.is_active)
+        .where(*conditions)
         .with_for_update(key_share=True)
         .execution_options(populate_existing=True)
     )

@@ -158,6 +158,27 @@ def _overlap_error(exc: IntegrityError) -> SlotUnavailable:
     raise exc
 
 
+async def _lock_provider(
+    session: AsyncSession,
+    principal: Principal,
+    provider_id: uuid.UUID,
+    action: str,
+    *,
+    active_only: bool = True,
+) -> Provider:
+    """The provider's row, locked against concurrent bookings of theirs; staff act only on
+    providers of their own clinic."""
+    provider = await repository.lock_provider(session, provider_id, active_only=active_only)
+    if provider is None:
+        raise NotFound("No such provider.")
+    if (
+        principal.role is Role.STAFF
+        and await auth_service.staff_clinic_id(session, principal) != provider.clinic_id
+    ):
+        raise Forbidden(f"Staff {action} at their own clinic only.")
+    return provider
+
+
 async def _patient_for(session: AsyncSession, principal: Principal, data: BookIn) -> uuid.UUID:
     if principal.role is Role.PATIENT:
         if data.patient_id not in (None, principal.user_id):
@@ -174,14 +195,7 @@ async def book(
     session: AsyncSession, rules: BookingRules, principal: Principal, data: BookIn
 ) -> AppointmentOut:
     patient_id = await _patient_for(session, principal, data)
-    provider = await repository.lock_provider(session, data.provider_id)
-    if provider is None:
-        raise NotFound("No such provider.")
-    if (
-        principal.role is Role.STAFF
-        and await auth_service.staff_clinic_id(session, principal) != provider.clinic_id
-    ):
-        raise Forbidden("Staff book appointments at their own clinic only.")
+    provider = await _lock_provider(session, principal, data.provider_id, "book appointments")
     patient = await repository.get_patient(session, patient_id)
     if patient is None:
         raise ValidationFailed("patient_id does not name a patient", loc=("body", "patient_id"))
@@ -399,14 +413,8 @@ async def cancel_range(
     if data.to - data.from_ > RANGE_CANCEL_MAX:
         raise RangeTooLarge("A range cancellation spans at most 366 days.")
     # The provider lock orders this with bookings: none lands in the range half-way through.
-    provider = await repository.lock_provider(session, provider_id)
-    if provider is None:
-        raise NotFound("No such provider.")
-    if (
-        principal.role is Role.STAFF
-        and await auth_service.staff_clinic_id(session, principal) != provider.clinic_id
-    ):
-        raise Forbidden("Staff cancel appointments at their own clinic only.")
+    # Also for a provider no longer active: their remaining visits are what must be cancelled.
+    await _lock_provider(session, principal, provider_id, "cancel appointments", active_only=False)
     rows = await repository.cancel_range(
         session, provider_id, starts_from=data.from_, starts_before=data.to, reason=data.reason
     )

@@ -20,10 +20,10 @@ async def page(
 ) -> Sequence[AuditLog]:
     """Newest first in insertion order (`id`, an identity, descending), keyset on `id`.
 
-    Unfiltered, that is a backward scan of the primary key. Filtered by entity (and id) or by
-    actor, ix_audit_log_entity_entity_id_at / ix_audit_log_actor_id_at find the rows; `at` is
-    each transaction's start time, so it is not a strict order of insertion and `id` is the
-    key that never skips or repeats a row across pages.
+    Unfiltered, that is a backward scan of the primary key; filtered by entity and id or by
+    actor, of ix_audit_log_entity_entity_id_id / ix_audit_log_actor_id_id. `at` is each
+    transaction's start time, so it is not a strict order of insertion and `id` is the key
+    that never skips or repeats a row across pages.
     """
     query = select(AuditLog)
     if entity is not None:

@@ -6,6 +6,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.audit import repository
 from app.audit.schemas import AuditEntryOut
+from app.kit.errors import ValidationFailed
 from app.kit.pagination import PageParams, build_page, decode_cursor
 
 
@@ -23,6 +24,9 @@ async def list_entries(
     entity_id: str | None,
     actor_id: uuid.UUID | None,
 ) -> tuple[list[AuditEntryOut], str | None]:
+    if entity_id is not None and entity is None:
+        # An id means nothing without its kind, and no index serves it alone.
+        raise ValidationFailed("`entity_id` needs `entity`", loc=("query", "entity"))
     before_id = None
     if params.cursor is not None:
         (before_id,) = decode_cursor(params.cursor, (_position,))

@@ -57,6 +57,8 @@ class FakeS3(FakeServer):
             return refusal
         key = unquote(encoded_key)
         if call.method == "PUT":
+            if call.headers.get("if-none-match") == "*" and key in self.objects:
+                return _error(412, "PreconditionFailed", "The object exists already.")
             content_type = call.headers.get("content-type", "binary/octet-stream")
             self.objects[key] = StoredObject(call.raw, content_type)
             etag = hashlib.md5(call.raw, usedforsecurity=False).hexdigest()

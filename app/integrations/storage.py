@@ -125,6 +125,11 @@ class UploadTooLarge(Exception):
     """The body is longer than the size the upload URL was signed for."""
 
 
+class AlreadyUploaded(Exception):
+    """The key's file exists: a record's file is written once, so a leaked upload URL cannot
+    replace it."""
+
+
 class UploadIncomplete(Exception):
     """The body ended before the size the upload URL was signed for."""
 
@@ -246,10 +251,13 @@ class LocalStorage:
 
     async def write(self, key: str, chunks: AsyncIterator[bytes], size: int) -> None:
         """Stream an upload of exactly `size` bytes to the key's file: into a temporary file
-        beside it, flushed to disk, then renamed over it, so a reader sees the old file or the
-        whole new one, never a part; never more than a chunk in memory."""
+        beside it, flushed to disk, then linked into place, so a reader sees no file or the
+        whole one, never a part; never more than a chunk in memory. Linking fails when the
+        file exists, which makes a record's file write-once (`AlreadyUploaded`)."""
         path = self.path_for(key)
         await anyio.Path(path.parent).mkdir(parents=True, exist_ok=True)
+        if await anyio.Path(path).exists():  # early, before the body is read
+            raise AlreadyUploaded(key)
         temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.part")
         received = 0
         try:
@@ -263,7 +271,10 @@ class LocalStorage:
                 await anyio.to_thread.run_sync(os.fsync, out.wrapped.fileno())
             if received != size:
                 raise UploadIncomplete(received, size)
-            await anyio.to_thread.run_sync(os.replace, temporary, path)
+            try:
+                await anyio.to_thread.run_sync(os.link, temporary, path)
+            except FileExistsError as exc:  # a concurrent upload of the same record won
+                raise AlreadyUploaded(key) from exc
         finally:
             with contextlib.suppress(FileNotFoundError):
                 await anyio.Path(temporary).unlink()
@@ -392,11 +403,12 @@ class S3Storage:
     """S3-compatible object storage with path-style URLs (`<endpoint>/<bucket>/<key>`), which
     MinIO and AWS both accept.
 
-    The upload URL signs `content-type` and `content-length`: S3 then refuses a body of any
-    other type or size. Browsers and HTTP clients send Content-Length themselves for a body
-    of known size, so an ordinary `fetch(url, {method: "PUT", body: file})` with the given
-    Content-Type matches it. The download URL fixes the response type and disposition.
-    Downloads are not seen by the API, so they are audited when their URL is issued.
+    The upload URL signs `content-type`, `content-length` and `if-none-match: *`: S3 then
+    refuses a body of any other type or size, and a second write of the object. Browsers and
+    HTTP clients send Content-Length themselves for a body of known size, so an ordinary
+    `fetch(url, {method: "PUT", body: file, headers: upload_headers})` matches it. The
+    download URL fixes the response type and disposition. Downloads are not seen by the API,
+    so they are audited when their URL is issued.
     """
 
     name = "s3"
@@ -422,7 +434,13 @@ class S3Storage:
         self, key: str, *, content_type: str, size_bytes: int, expires_in: int, base_url: str
     ) -> PresignedRequest:
         now = self.clock()
-        headers = {"Content-Type": content_type, "Content-Length": str(size_bytes)}
+        # If-None-Match: * (S3 and MinIO conditional writes) makes the object write-once, as
+        # the local backend's files are: a leaked upload URL cannot replace a record's file.
+        headers = {
+            "Content-Type": content_type,
+            "Content-Length": str(size_bytes),
+            "If-None-Match": "*",
+        }
         url = sigv4_presign(
             self.credentials,
             method="PUT",
@@ -465,7 +483,9 @@ def _at(now: datetime, expires_in: int) -> datetime:
 def create_storage(settings: Settings) -> LocalStorage | S3Storage:
     """The configured backend (called in the lifespan)."""
     if settings.storage_backend == "s3":
-        endpoint, bucket = settings.s3_endpoint_url, settings.s3_bucket
+        # Unset means AWS S3 itself, in the configured region (path-style addressing).
+        endpoint = settings.s3_endpoint_url or f"https://s3.{settings.s3_region}.amazonaws.com"
+        bucket = settings.s3_bucket
         key_id, secret = settings.s3_access_key_id, settings.s3_secret_access_key
         if not (endpoint and bucket and key_id and secret):
             missing = [

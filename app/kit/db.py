@@ -170,6 +170,8 @@ def create_engine(url: str, settings: Settings, *, role: str) -> AsyncEngine:
         pool_recycle=settings.db_pool_recycle_seconds,
         pool_pre_ping=settings.db_pool_pre_ping,
         connect_args=connect_args,
+        # A logged database error must not carry the statement's values (emails, names).
+        hide_parameters=True,
     )
     if settings.slow_statement_ms > 0:
         _log_slow_statements(engine, role=role, threshold_ms=settings.slow_statement_ms)

@@ -140,6 +140,12 @@ class UrlSignatureInvalid(AppError):
     status, code, title = 403, "signature_invalid", "Invalid signed URL"
 
 
+class AlreadyUploaded(AppError):
+    """A record's file exists already: files are written once (0002)."""
+
+    status, code, title = 409, "already_uploaded", "File already uploaded"
+
+
 class UrlExpired(AppError):
     """A genuine signed file URL whose lifetime is over (0002)."""
 

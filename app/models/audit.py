@@ -14,8 +14,9 @@ from app.models.base import Base
 class AuditLog(Base):
     __tablename__ = "audit_log"
     __table_args__ = (
-        Index("ix_audit_log_entity_entity_id_at", "entity", "entity_id", "at"),
-        Index("ix_audit_log_actor_id_at", "actor_id", "at"),
+        # Both end in `id`: GET /v1/audit pages newest first by `id` (migration 0003).
+        Index("ix_audit_log_entity_entity_id_id", "entity", "entity_id", "id"),
+        Index("ix_audit_log_actor_id_id", "actor_id", "id"),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)

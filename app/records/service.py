@@ -29,6 +29,7 @@ from app.integrations.storage import (
 from app.kit import audit
 from app.kit.cache import Cache
 from app.kit.errors import (
+    AlreadyUploaded,
     Forbidden,
     NotFound,
     PayloadTooLarge,
@@ -288,6 +289,8 @@ async def receive_upload(
         await local.write(key, body, expected_size)
     except storage_module.UploadTooLarge as exc:
         raise PayloadTooLarge(f"This upload is for exactly {expected_size} bytes.") from exc
+    except storage_module.AlreadyUploaded as exc:
+        raise AlreadyUploaded("This record's file was uploaded already.") from exc
     except storage_module.UploadIncomplete as exc:
         raise ValidationFailed(
             f"This upload is for exactly {expected_size} bytes; {exc.received} arrived.",

@@ -30,7 +30,7 @@ from hypothesis import HealthCheck, settings
 from app.main import create_app
 from app.models import Role
 from app.settings import Settings
-from tests.fixtures.app import Accounts, client_for, make_settings, running_app
+from tests.fixtures.app import UNLIMITED_RATES, Accounts, client_for, make_settings, running_app
 from tests.fixtures.booking import Booking
 from tests.fixtures.servers import fresh_database
 
@@ -43,17 +43,6 @@ EXAMPLES_PER_OPERATION = int(os.environ.get("CAREBOOK_FUZZ_EXAMPLES", "25"))
 REQUEST_TIMEOUT_S = 10.0
 READY_WITHIN_S = 60.0
 PROBLEM = "application/problem+json"
-# Limits out of the way: the fuzzer is one client sending hundreds of requests quickly.
-UNLIMITED = {
-    "rate_limit_ip_per_second": 100_000.0,
-    "rate_limit_ip_burst": 100_000,
-    "rate_limit_user_per_second": 100_000.0,
-    "rate_limit_user_burst": 100_000,
-    "rate_limit_login_per_minute": 100_000,
-    "rate_limit_login_ip_per_minute": 100_000,
-    "rate_limit_register_per_minute": 100_000,
-    "rate_limit_booking_per_minute": 100_000,
-}
 
 schema = schemathesis.openapi.from_dict(
     create_app(Settings(environment="test", jwt_secret="s" * 48)).openapi()
@@ -76,7 +65,10 @@ def _free_port() -> int:
 def _environment(app_settings: Settings) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CAREBOOK_")}
     for name, value in app_settings.model_dump(mode="json", exclude_none=True).items():
-        if name in {"database_url", "redis_url", "environment", "log_json"} or name in UNLIMITED:
+        if (
+            name in {"database_url", "redis_url", "environment", "log_json"}
+            or name in UNLIMITED_RATES
+        ):
             env[f"CAREBOOK_{name.upper()}"] = str(value).lower() if value is True else str(value)
     env["CAREBOOK_JWT_SECRET"] = app_settings.jwt_secret.get_secret_value()
     env["CAREBOOK_LOG_LEVEL"] = "ERROR"
@@ -86,7 +78,7 @@ def _environment(app_settings: Settings) -> dict[str, str]:
 @pytest.fixture(scope="module")
 async def fuzz_target(test_servers: TestServers) -> AsyncIterator[FuzzTarget]:
     async with fresh_database(test_servers, "carebook_fuzz", migrate=True) as url:
-        app_settings = make_settings(url, test_servers.redis_url, **UNLIMITED)
+        app_settings = make_settings(url, test_servers.redis_url)
         async with running_app(app_settings) as app, client_for(app) as client:
             accounts = Accounts(app, client)
             booking = Booking(app, client, accounts)

@@ -448,6 +448,28 @@ async def test_range_cancellation_is_for_staff_of_the_clinic_and_admins(
     assert response.json() == {"cancelled": 1}
 
 
+async def test_a_provider_who_left_can_still_have_their_visits_cancelled(
+    client: httpx.AsyncClient, booking: Booking, accounts: Accounts, database: Database
+) -> None:
+    provider = await booking.provider()
+    patient = await accounts.create(Role.PATIENT)
+    staff = await accounts.create(Role.STAFF, clinic_id=provider.clinic_id)
+    (visit,) = await _arrange(database, provider, patient, ["booked"])
+    async with database.unit_of_work() as session:
+        await session.execute(
+            text("UPDATE providers SET is_active = false WHERE user_id = :p"), {"p": provider.id}
+        )
+    now = datetime.now(UTC)
+    response = await client.post(
+        f"/v1/providers/{provider.id}/cancellations",
+        json={"from": now.isoformat(), "to": (now + timedelta(days=30)).isoformat()},
+        headers=staff.headers,
+    )
+    assert response.status_code == 200, response.text
+    assert response.json() == {"cancelled": 1}
+    assert (await _statuses(database, [visit]))[visit] == "cancelled"
+
+
 async def test_range_cancellation_of_an_unknown_provider_is_404(
     client: httpx.AsyncClient, accounts: Accounts
 ) -> None:
@@ -469,6 +491,12 @@ async def test_range_cancellation_of_an_unknown_provider_is_404(
         ({"from": "2027-01-01T00:00:00Z", "to": "2028-01-03T00:00:00Z"}, 422, "range_too_large"),
         ({"from": "2027-01-01T00:00:00", "to": "2027-01-02T00:00:00Z"}, 422, "validation_error"),
         ({"from": "tomorrow", "to": "2027-01-02T00:00:00Z"}, 422, "validation_error"),
+        # A valid RFC 3339 time with no UTC equivalent (before year 1 there).
+        (
+            {"from": "0001-01-01T00:00:00+14:00", "to": "0001-01-01T01:00:00+14:00"},
+            422,
+            "validation_error",
+        ),
         ({"to": "2027-01-02T00:00:00Z"}, 422, "validation_error"),
         (
             {"from": "2027-01-01T00:00:00Z", "to": "2027-01-02T00:00:00Z", "reason": 5},

@@ -142,7 +142,8 @@ async def test_the_trail_filtered_and_paged_newest_first(
         {"limit": 101},
         {"actor_id": "someone"},
         {"entity": ""},
-        {"entity_id": "x" * 201},
+        {"entity": "patient", "entity_id": "x" * 201},
+        {"entity_id": "01a23035-3898-73ed-900f-73b4c6e6b95d"},  # an id needs its entity
     ],
 )
 async def test_bad_parameters_are_validation_errors(

@@ -61,7 +61,11 @@ async def test_upload_then_download(
 ) -> None:
     upload = _upload(storage)
     assert upload.url.startswith(f"{fake.url}/{BUCKET}/{KEY}?")  # path-style
-    assert upload.headers == {"Content-Type": "application/pdf", "Content-Length": "16"}
+    assert upload.headers == {
+        "Content-Type": "application/pdf",
+        "Content-Length": "16",
+        "If-None-Match": "*",
+    }
     response = await http.put(upload.url, content=CONTENT, headers=upload.headers)
     assert response.status_code == 200, response.text
     assert fake.objects[KEY].content == CONTENT

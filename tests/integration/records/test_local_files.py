@@ -90,14 +90,17 @@ async def test_upload_then_download(
     assert rows[0][3] == {"patient_id": str(team.patient.id)}
 
 
-async def test_an_upload_replaces_the_file_whole(
+async def test_a_records_file_is_written_once(
     records_app: FastAPI, http: httpx.AsyncClient, team: CareTeam
 ) -> None:
+    # A leaked upload URL, still within its lifetime, cannot replace what was uploaded.
     created = await _create(http, team)
     assert (await _upload(http, created)).status_code == 204
-    assert (await _upload(http, created, b"HELLO WORLD")).status_code == 204
+    again = await _upload(http, created, b"HELLO WORLD")
+    assert_problem(again, 409, "already_uploaded")
     path = _storage(records_app).root / "patients" / str(team.patient.id) / created["record"]["id"]
-    assert path.read_bytes() == b"HELLO WORLD"
+    assert path.read_bytes() == b"hello world"
+    assert [p.name for p in path.parent.iterdir()] == [path.name], "no temporary file is left"
 
 
 async def test_signed_urls_work_until_they_expire(

@@ -11,7 +11,7 @@ import pytest
 from fastapi import FastAPI
 
 from app.integrations.fakes_storage import FakeS3
-from app.integrations.storage import create_storage
+from app.integrations.storage import S3Storage, create_storage
 from app.kit.db import Database
 from app.settings import Settings
 from tests.fixtures.app import client_for, make_settings, running_app
@@ -54,6 +54,10 @@ async def test_records_round_trip_through_s3(
             body["upload_url"], content=b"hello world", headers=body["upload_headers"]
         )
         assert put.status_code == 200, put.text
+        again = await outside.put(
+            body["upload_url"], content=b"HELLO WORLD", headers=body["upload_headers"]
+        )
+        assert again.status_code == 412, "the object is written once"
 
         listed = await api.get(team.records_path(), headers=team.patient.headers)
         (item,) = listed.json()["items"]
@@ -69,6 +73,21 @@ async def test_records_round_trip_through_s3(
 
 def test_s3_without_its_settings_refuses_to_start(settings: Settings) -> None:
     incomplete = make_settings(None, None, storage_backend="s3", s3_bucket="b")
-    with pytest.raises(RuntimeError, match="CAREBOOK_S3_ENDPOINT_URL") as error:
+    with pytest.raises(RuntimeError, match="CAREBOOK_S3_ACCESS_KEY_ID") as error:
         create_storage(incomplete)
     assert "CAREBOOK_S3_BUCKET" not in str(error.value)
+
+
+def test_s3_without_an_endpoint_is_aws_in_the_configured_region(settings: Settings) -> None:
+    aws = make_settings(
+        None,
+        None,
+        storage_backend="s3",
+        s3_bucket="records",
+        s3_region="eu-west-1",
+        s3_access_key_id=KEY_ID,
+        s3_secret_access_key=SECRET,
+    )
+    storage = create_storage(aws)
+    assert isinstance(storage, S3Storage)
+    assert storage.endpoint_url == "https://s3.eu-west-1.amazonaws.com"
