@@ -10,6 +10,7 @@ import signal
 from arq.worker import Worker
 from redis.exceptions import RedisError
 
+from app.kit.cancellation import run_cancellably
 from app.settings import Settings
 from workers.settings import shutdown, worker_options
 
@@ -36,7 +37,8 @@ async def run_worker(
         worker = build_worker(settings, handle_signals=False)
         logger.info("worker started")
         try:
-            await worker.main()
+            # ARQ's poll loop can swallow a cancellation that lands in a Redis call.
+            await run_cancellably(worker.main(), name="arq-worker")
         except (RedisError, OSError) as error:
             logger.warning(
                 "worker lost redis; restarting",

@@ -6,7 +6,6 @@ ARQ runs a job at least once, so every job takes ids, re-reads its rows and is s
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from typing import Any
 
 from arq import cron, func
@@ -18,6 +17,7 @@ from app.integrations.fcm import Fcm
 from app.integrations.videosdk import VideoSdk
 from app.kit import telemetry
 from app.kit.cache import Cache
+from app.kit.cancellation import stop_task
 from app.kit.db import Database
 from app.kit.resilience import ServiceAdapter
 from app.notifications.tasks import catch_up_reminders, deliver_notification, send_reminder
@@ -53,9 +53,7 @@ def _startup_for(settings: Settings, *, relay: bool) -> Any:
 async def shutdown(ctx: dict[str, Any]) -> None:
     task: asyncio.Task[None] | None = ctx.get("relay_task")
     if task is not None:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await stop_task(task)  # a plain cancel can be swallowed by a client mid-call
     for name in ("videosdk", "fcm"):
         adapter: ServiceAdapter | None = ctx.get(name)
         if adapter is not None:
