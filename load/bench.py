@@ -38,23 +38,33 @@ from pathlib import Path
 from typing import IO
 from urllib.parse import urlsplit, urlunsplit
 
+from load import prepare
 from load.client import (
     LOOPBACK,
+    LatencySummary,
     LoadPlan,
     LoadResult,
     build_request,
     cycle_requests,
     fetch,
+    merge_results,
     new_event_loop,
+    run_calls,
     run_load,
 )
-from load.scenarios import SCENARIOS, Dataset, Scenario, load_dataset
+from load.scenarios import (
+    SCALE_SCENARIOS,
+    SCENARIOS,
+    Contention,
+    Dataset,
+    Scenario,
+    Setup,
+    Workload,
+    load_dataset,
+    route_present,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-APPS = {
-    "carebook": "app.main:app_factory",
-    "constant": "load.baselines.constant_app:app_factory",
-}
 CODE_PATHS = ("app", "load", "workers", "alembic", "pyproject.toml")  # what a run depends on
 LOG_SCAN_BYTES = 2_000_000
 _PROBLEM_LEVELS = {"warning", "error", "critical"}
@@ -64,7 +74,15 @@ READY_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 15.0
 PRIME_CONCURRENCY = 16
 PRIME_LIMIT_S = 120.0
-SMOKE = {"duration_s": 2.0, "warmup_s": 0.5, "concurrency": 4, "max_requests": 400}
+SMOKE = {
+    "duration_s": 2.0,
+    "warmup_s": 0.5,
+    "concurrency": 4,
+    "max_requests": 400,
+    "contenders": 20,
+    "contention_slots": 2,
+}
+BURST_LIMIT_S = 30.0  # one contention burst (every client once) must end within this
 _CACHE_SAMPLE = re.compile(
     r"^carebook_cache_requests_total\{(?P<labels>[^}]*)\}\s+(?P<value>\S+)", re.MULTILINE
 )
@@ -84,15 +102,40 @@ class BenchConfig:
     repeat: int = 1
     command: str = ""
     profile_dir: Path | None = None  # py-spy the server in round 1 (distorts that round)
+    mixed_workers: int | None = None  # uvicorn workers of the mixed scenario (default: workers)
+    contenders: int = 100  # clients of the contention scenarios, all on one slot at once
+    contention_slots: int = 5  # slots fought over, one burst each
+    scale_database_url: str | None = None  # a larger dataset for the scale check
+    server_settings: tuple[tuple[str, str], ...] = ()  # extra CAREBOOK_* for Carebook (A/B runs)
 
-    def plan(self, port: int) -> LoadPlan:
+    def plan(
+        self, port: int, *, budget: int | None = None, expected: frozenset[int] = frozenset()
+    ) -> LoadPlan:
         return LoadPlan(
             port=port,
             concurrency=self.concurrency,
             duration_s=self.duration_s,
-            max_requests=self.max_requests,
+            max_requests=min(self.max_requests, budget or self.max_requests),
             warmup_s=self.warmup_s,
+            expected_statuses=expected,
         )
+
+    def burst(self, port: int, expected: frozenset[int]) -> LoadPlan:
+        """Every contender once, all at the same moment, nothing left out as warm-up."""
+        return LoadPlan(
+            port=port,
+            concurrency=self.contenders,
+            duration_s=BURST_LIMIT_S,
+            max_requests=self.contenders,
+            warmup_s=0,
+            expected_statuses=expected,
+            open_first=True,
+        )
+
+    def workers_for(self, scenario: Scenario) -> int:
+        if scenario.mixed_workers and self.mixed_workers:
+            return self.mixed_workers
+        return self.workers
 
 
 @dataclass(frozen=True)
@@ -101,11 +144,17 @@ class ScenarioRun:
     workers: int
     result: LoadResult
     server_cpu_s: float | None  # the uvicorn processes, load window (warm-up included)
+    database_cpu_s: float | None = None  # the backends serving it, same window
     cache_hit_rate: float | None = None  # after warm-up; None when not measured
     priming: Priming | None = None
     within_one_minute: bool = True  # the timed run did not cross a clock minute
     profile: Path | None = None  # py-spy collapsed stacks, when profiled
     server_log: dict[str, int] = field(default_factory=dict)  # warnings/errors by message
+    dataset: str = ""  # the dataset's size label (the scale check runs on a second one)
+    contention: Contention | None = None  # winners and rows per contended slot
+    skipped: str | None = None  # why the scenario did not run (its endpoint is absent)
+    notes: tuple[str, ...] = ()  # what its setup prepared
+    in_process: bool = False  # a baseline run inside the runner: generator CPU is all its work
 
 
 def hit_rate(before: Mapping[str, float], after: Mapping[str, float]) -> float | None:
@@ -123,6 +172,7 @@ class BenchReport:
     commit: str = ""  # read when the run starts
     machine: str = ""
     rounds: list[list[ScenarioRun]] = field(default_factory=list)
+    scale_dataset: Dataset | None = None
 
 
 # --- the server under test -------------------------------------------------------------------
@@ -136,18 +186,25 @@ def free_port() -> int:
         return port
 
 
-def server_env(config: BenchConfig, *, cache_enabled: bool) -> dict[str, str]:
+def server_env(
+    config: BenchConfig,
+    *,
+    cache_enabled: bool,
+    database_url: str | None = None,
+    extra: Mapping[str, str] | None = None,
+) -> dict[str, str]:
     """The environment of the API process: the caller's, minus any CAREBOOK_*, plus ours."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CAREBOOK_")}
     env.update(
         {
-            "CAREBOOK_DATABASE_URL": config.database_url,
+            "CAREBOOK_DATABASE_URL": database_url or config.database_url,
             "CAREBOOK_REDIS_URL": config.redis_url,
             "CAREBOOK_ENVIRONMENT": "production",
             "CAREBOOK_JWT_SECRET": secrets.token_urlsafe(36),  # 48 characters
             "CAREBOOK_RATE_LIMIT_ENABLED": "false",
             "CAREBOOK_LOG_LEVEL": "WARNING",
             "CAREBOOK_CACHE_ENABLED": "true" if cache_enabled else "false",
+            **(extra or {}),
         }
     )
     return env
@@ -200,6 +257,41 @@ def process_cpu_seconds(pid: int) -> float | None:
     return total / ticks
 
 
+def _proc_cpu_ticks(pid: str) -> int:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat.rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # utime, stime
+
+
+def database_cpu_ticks(database: str) -> dict[int, int] | None:
+    """CPU ticks by pid of the PostgreSQL backends connected to `database` (their process
+    titles name it), on this machine; None where /proc is absent."""
+    try:
+        entries = [entry.name for entry in Path("/proc").iterdir() if entry.name.isdigit()]
+    except OSError:
+        return None
+    needle = f" {database} ".encode()
+    found = {}
+    for pid in entries:
+        with suppress(OSError, ValueError, IndexError):
+            title = Path(f"/proc/{pid}/cmdline").read_bytes()
+            if title.startswith(b"postgres: ") and needle in title.replace(b"\0", b" "):
+                found[int(pid)] = _proc_cpu_ticks(pid)
+    return found
+
+
+def database_cpu_seconds(
+    before: Mapping[int, int] | None, after: Mapping[int, int] | None
+) -> float | None:
+    """CPU seconds the backends spent between two snapshots: what each live one added, and all
+    of those that started meanwhile (backends that exited in between are lost: pooled
+    connections live through a run)."""
+    if before is None or after is None:
+        return None
+    ticks = sum(value - before.get(pid, 0) for pid, value in after.items())
+    return max(ticks, 0) / os.sysconf("SC_CLK_TCK")
+
+
 @dataclass
 class Server:
     process: asyncio.subprocess.Process
@@ -211,9 +303,16 @@ class Server:
         self.log.seek(0)
         return self.log.read().decode(errors="replace")[-limit:]
 
-    def log_problems(self) -> dict[str, int]:
-        """Warnings and errors the server logged so far, by message."""
-        return log_problems(self.log_tail(LOG_SCAN_BYTES))
+    def log_problems(self, since: int = 0) -> dict[str, int]:
+        """Warnings and errors the server logged so far (after byte `since`), by message."""
+        self.log.flush()
+        self.log.seek(since)
+        return log_problems(self.log.read(LOG_SCAN_BYTES).decode(errors="replace"))
+
+    def log_offset(self) -> int:
+        """Where the log ends now: start-up messages are not the load's."""
+        self.log.flush()
+        return self.log.seek(0, os.SEEK_END)
 
 
 def log_problems(text: str) -> dict[str, int]:
@@ -226,6 +325,8 @@ def log_problems(text: str) -> dict[str, int]:
                 entry = json.loads(line)
                 if isinstance(entry, dict) and entry.get("level") in _PROBLEM_LEVELS:
                     message = str(entry.get("message", ""))
+                    if entry.get("error"):  # e.g. the exception type of a failed Redis call
+                        message += f" ({entry['error']})"
         else:
             level, sep, rest = line.partition(":")
             if sep and level.strip().lower() in _PROBLEM_LEVELS:
@@ -271,14 +372,19 @@ async def _stop(server: Server) -> None:
 
 @asynccontextmanager
 async def serving(
-    app: str, config: BenchConfig, *, cache_enabled: bool, env: Mapping[str, str] | None = None
+    app: str,
+    config: BenchConfig,
+    *,
+    cache_enabled: bool,
+    env: Mapping[str, str] | None = None,
+    workers: int | None = None,
 ) -> AsyncIterator[Server]:
     """A uvicorn subprocess on a free 127.0.0.1 port, ready; always stopped on the way out."""
     port = free_port()
     log = tempfile.TemporaryFile()  # noqa: SIM115 - closed by _stop
     try:
         process = await asyncio.create_subprocess_exec(
-            *server_command(app, port, config.workers),
+            *server_command(app, port, workers or config.workers),
             cwd=REPO_ROOT,
             env=dict(env) if env is not None else server_env(config, cache_enabled=cache_enabled),
             stdin=subprocess.DEVNULL,
@@ -405,6 +511,48 @@ async def _profile(pid: int, delay_s: float, seconds: float, output: Path) -> bo
     return process.returncode == 0
 
 
+def _difference(before: float | None, after: float | None) -> float | None:
+    return after - before if before is not None and after is not None else None
+
+
+def _empty_result(concurrency: int) -> LoadResult:
+    return LoadResult(
+        concurrency=concurrency,
+        requests=0,
+        ok=0,
+        elapsed_s=0.0,
+        throughput=0.0,
+        latency=LatencySummary.from_ns([]),
+        status_errors={},
+        transport_errors={},
+        warmup_requests=0,
+        cpu_s=0.0,
+        mean_body_bytes=0.0,
+    )
+
+
+@asynccontextmanager
+async def _database_for(scenario: Scenario, dataset: Dataset) -> AsyncIterator[str]:
+    """The prepared database, or a scratch copy of it for a scenario that writes."""
+    if not scenario.scratch:
+        yield dataset.database_url
+        return
+    async with prepare.scratch_copy(dataset.database_url, f"run{os.getpid()}") as url:
+        yield url
+
+
+def _setup(config: BenchConfig, dataset: Dataset, port: int, database_url: str) -> Setup:
+    return Setup(
+        dataset=dataset,
+        port=port,
+        database_url=database_url,
+        concurrency=config.concurrency,
+        max_requests=config.max_requests,
+        contenders=config.contenders,
+        contention_slots=config.contention_slots,
+    )
+
+
 async def run_scenario(
     scenario: Scenario,
     config: BenchConfig,
@@ -412,14 +560,82 @@ async def run_scenario(
     *,
     profile_to: Path | None = None,
 ) -> ScenarioRun:
-    """Start the scenario's server, (prime it,) load it, measure it and stop it."""
-    async with serving(
-        APPS[scenario.target], config, cache_enabled=scenario.cache_enabled
-    ) as server:
-        requests = scenario.build(dataset, server.port)
-        priming = (
-            await _prime_within_minute(server.port, requests, config) if scenario.prime else None
+    """Start the scenario's server (on a scratch copy if it writes), prepare and load it,
+    measure it and stop it. In-process baselines run in this process, without a server."""
+    workers = config.workers_for(scenario)
+    if scenario.route is not None and not route_present(scenario.route):
+        return ScenarioRun(
+            scenario.name,
+            workers,
+            _empty_result(config.concurrency),
+            None,
+            dataset=dataset.label,
+            skipped=f"`{scenario.route[1]}` is not in this build",
         )
+    async with _database_for(scenario, dataset) as database_url:
+        if scenario.target == "in-process":
+            return await _run_in_process(scenario, config, dataset, database_url)
+        since = await prepare.database_now(database_url)
+        run, workload = await _run_served(
+            scenario, config, dataset, database_url, workers, profile_to
+        )
+        if workload.logged_in and not scenario.scratch:
+            await prepare.forget_logins(database_url, workload.logged_in, since)
+        return run
+
+
+async def _run_in_process(
+    scenario: Scenario, config: BenchConfig, dataset: Dataset, database_url: str
+) -> ScenarioRun:
+    workload = await scenario.setup(_setup(config, dataset, 0, database_url))
+    assert workload.call is not None
+    database = prepare.database_name(database_url)
+    try:
+        plan = config.plan(0, budget=workload.budget, expected=workload.expected_statuses)
+        db_before = database_cpu_ticks(database)
+        result = await run_calls(plan, workload.call)
+        db_after = database_cpu_ticks(database)
+    finally:
+        if workload.close is not None:
+            await workload.close()
+    return ScenarioRun(
+        scenario.name,
+        1,
+        result,
+        None,
+        database_cpu_s=database_cpu_seconds(db_before, db_after),
+        dataset=dataset.label,
+        notes=tuple(workload.notes),
+        in_process=True,
+    )
+
+
+async def _run_served(
+    scenario: Scenario,
+    config: BenchConfig,
+    dataset: Dataset,
+    database_url: str,
+    workers: int,
+    profile_to: Path | None,
+) -> tuple[ScenarioRun, Workload]:
+    # The naive booking endpoint (and its unconstrained table) only on a scratch copy.
+    naive_table = scenario.target == "naive" and scenario.scratch
+    extra = {"CAREBOOK_LOAD_NAIVE_TABLE": "1"} if naive_table else {}
+    if scenario.target == "carebook":
+        extra.update(config.server_settings)
+    env = server_env(
+        config, cache_enabled=scenario.cache_enabled, database_url=database_url, extra=extra
+    )
+    async with serving(
+        scenario.app, config, cache_enabled=scenario.cache_enabled, env=env, workers=workers
+    ) as server:
+        workload = await scenario.setup(_setup(config, dataset, server.port, database_url))
+        priming = None
+        if workload.prime and scenario.prime:
+            priming = await _prime_within_minute(server.port, workload.prime, config)
+        elif workload.prime:
+            primed = await prime(server.port, workload.prime, config.concurrency)
+            priming = Priming(len(workload.prime), primed.elapsed_s, primed.errors, False)
         cache = scenario.cache_name if scenario.target == "carebook" else None
         before = await scrape_cache(server.port, cache) if cache else {}
         after_warmup: asyncio.Task[dict[str, float]] | None = None
@@ -435,15 +651,33 @@ async def run_scenario(
             profiler = asyncio.create_task(
                 _profile(
                     server.process.pid,
-                    config.warmup_s,
+                    0 if workload.bursts else config.warmup_s,
                     config.duration_s - config.warmup_s,
                     profile_to,
                 )
             )
+        database = prepare.database_name(database_url)
+        db_before = database_cpu_ticks(database)
         cpu_before = process_cpu_seconds(server.process.pid)
+        log_from = server.log_offset()
         minute_before = datetime.now(UTC).replace(second=0, microsecond=0)
+        contention = None
         try:
-            result = await run_load(config.plan(server.port), cycle_requests(requests))
+            if workload.bursts:
+                results = []
+                for burst in workload.bursts:
+                    plan = config.burst(server.port, workload.expected_statuses)
+                    results.append(await run_load(plan, burst))
+                result = merge_results(results)
+                winners = tuple(r.statuses.get(201, 0) for r in results)
+                if workload.after is not None:
+                    contention = await workload.after(winners)
+            else:
+                assert workload.factory is not None
+                plan = config.plan(
+                    server.port, budget=workload.budget, expected=workload.expected_statuses
+                )
+                result = await run_load(plan, workload.factory)
         finally:
             if after_warmup is not None and not after_warmup.done():
                 after_warmup.cancel()
@@ -457,31 +691,36 @@ async def run_scenario(
         )
         one_minute = datetime.now(UTC).replace(second=0, microsecond=0) == minute_before
         cpu_after = process_cpu_seconds(server.process.pid)
-        server_cpu = (
-            cpu_after - cpu_before if cpu_before is not None and cpu_after is not None else None
-        )
+        db_after = database_cpu_ticks(database)
+        server_cpu = _difference(cpu_before, cpu_after)
         rate = None
         if cache:
             if after_warmup is not None and after_warmup.done() and not after_warmup.cancelled():
                 with suppress(Exception):
                     before = after_warmup.result()
             rate = hit_rate(before, await scrape_cache(server.port, cache))
-        problems = server.log_problems()
-        return ScenarioRun(
-            scenario.name,
-            config.workers,
-            result,
-            server_cpu,
-            cache_hit_rate=rate,
-            priming=priming,
-            within_one_minute=one_minute,
-            profile=profile_to if profiled else None,
-            server_log=problems,
-        )
+        problems = server.log_problems(log_from)
+    run = ScenarioRun(
+        scenario.name,
+        workers,
+        result,
+        server_cpu,
+        database_cpu_s=database_cpu_seconds(db_before, db_after),
+        cache_hit_rate=rate,
+        priming=priming,
+        within_one_minute=one_minute,
+        profile=profile_to if profiled else None,
+        server_log=problems,
+        dataset=dataset.label,
+        contention=contention,
+        notes=tuple(workload.notes),
+    )
+    return run, workload
 
 
 async def run_bench(config: BenchConfig, *, dataset: Dataset | None = None) -> BenchReport:
-    """Every scenario of `config`, `config.repeat` rounds, interleaved."""
+    """Every scenario of `config`, `config.repeat` rounds, interleaved; with a scale database,
+    the scale scenarios on it too, in the same rounds."""
     unknown = [name for name in config.scenarios if name not in SCENARIOS]
     if unknown:
         raise ValueError(f"unknown scenario(s) {unknown}; known: {sorted(SCENARIOS)}")
@@ -492,19 +731,30 @@ async def run_bench(config: BenchConfig, *, dataset: Dataset | None = None) -> B
         commit=await asyncio.to_thread(commit_summary),
         machine=await asyncio.to_thread(machine_summary),
     )
+    plan: list[tuple[str, Dataset]] = [(name, report.dataset) for name in config.scenarios]
+    if config.scale_database_url:
+        report.scale_dataset = await load_dataset(config.scale_database_url)
+        plan += [
+            (name, report.scale_dataset) for name in SCALE_SCENARIOS if name in config.scenarios
+        ]
     for round_number in range(1, config.repeat + 1):
         runs = []
-        for name in config.scenarios:
-            _say(f"round {round_number}/{config.repeat}: {name} ...")
+        for name, on in plan:
+            label = name if on is report.dataset else f"{name} @ {on.label}"
+            _say(f"round {round_number}/{config.repeat}: {label} ...")
             profile_to = None
-            if config.profile_dir is not None and round_number == 1:
+            if config.profile_dir is not None and round_number == 1 and on is report.dataset:
                 config.profile_dir.mkdir(parents=True, exist_ok=True)
                 profile_to = config.profile_dir / f"{name}.txt"
-            run = await run_scenario(SCENARIOS[name], config, report.dataset, profile_to=profile_to)
-            _say(
-                f"  {run.result.throughput:,.0f} req/s, p99 {run.result.latency.p99:.1f} ms, "
-                f"errors {run.result.error_summary()}"
-            )
+            run = await run_scenario(SCENARIOS[name], config, on, profile_to=profile_to)
+            if run.skipped:
+                _say(f"  skipped: {run.skipped}")
+            else:
+                _say(
+                    f"  {run.result.throughput:,.0f} req/s, p99 {run.result.latency.p99:.1f} ms, "
+                    f"errors {run.result.error_summary()}"
+                    + (f", rows per slot {run.contention.rows}" if run.contention else "")
+                )
             runs.append(run)
         report.rounds.append(runs)
     return report
@@ -572,38 +822,101 @@ def _cpu(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}"
 
 
+def cpu_per_request(run: ScenarioRun) -> str:
+    """CPU milliseconds per request sent (warm-up included, as the CPU columns are): the
+    server's (for in-process baselines, the runner's) plus PostgreSQL's backends'."""
+    sent = run.result.requests + run.result.warmup_requests
+    own = run.result.cpu_s if run.in_process else run.server_cpu_s
+    if not sent or own is None:
+        return "-"
+    database = run.database_cpu_s or 0.0
+    return f"{own / sent * 1000:.2f} + {database / sent * 1000:.2f}"
+
+
 _HEADER = (
     "| scenario | workers | concurrency | requests | throughput (req/s) | p50 ms | p95 ms "
-    "| p99 ms | max ms | errors | generator CPU s | server CPU s | cache hit rate "
-    "| body bytes | notes |\n"
-    "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: "
-    "| ---: | --- |"
+    "| p99 ms | max ms | errors | vs baseline (throughput) | target | generator CPU s "
+    "| server CPU s | PostgreSQL CPU s | CPU ms per request (server + PostgreSQL) "
+    "| cache hit rate | body bytes | notes |\n"
+    "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- | --- | ---: "
+    "| ---: | ---: | ---: | ---: | ---: | --- |"
 )
+
+# Each scenario's baseline(s): the report shows the scenario's throughput as a multiple of each.
+BASELINES: dict[str, tuple[str, ...]] = {
+    "availability-warm": ("constant",),
+    "availability-cold": ("raw-availability", "naive-availability"),
+    "search": ("constant",),
+    "booking": ("raw-booking",),
+    "contention": ("naive-contention",),
+    "listing": ("naive-listing",),
+    "records": ("constant",),
+    "analytics": ("constant",),
+    "mixed": ("constant",),
+}
+ANTI_PATTERN_FACTOR = 20.0
+SCALE_FACTOR = 1.5
+
+
+def _label(run: ScenarioRun, main: str) -> str:
+    return run.scenario if run.dataset in ("", main) else f"{run.scenario} @ {run.dataset}"
 
 
 def _notes(run: ScenarioRun) -> str:
-    notes = []
+    if run.skipped:
+        return f"skipped: {run.skipped}"
+    notes = list(run.notes)
+    if run.in_process:
+        notes.append("in-process: generator CPU is the baseline's whole client-side work")
     if run.priming is not None:
         primed = f"primed {run.priming.requests} requests in {run.priming.seconds:.1f} s"
         if run.priming.errors:
             primed += f" ({run.priming.errors} errors)"
         notes.append(primed)
-    if run.priming is not None:
-        notes.append("within one clock minute" if run.within_one_minute else "crossed a minute")
+        if SCENARIOS.get(run.scenario, None) is not None and SCENARIOS[run.scenario].prime:
+            notes.append("within one clock minute" if run.within_one_minute else "crossed a minute")
+    if run.contention is not None:
+        c = run.contention
+        notes.append(
+            f"201s per slot {list(c.winners)}, active rows per slot {list(c.rows)}, "
+            f"double bookings {c.double_bookings}"
+        )
+        if run.result.statuses:
+            answers = ", ".join(f"{k} x{v}" for k, v in sorted(run.result.statuses.items()))
+            notes.append(f"answers {answers}")
     if run.profile is not None:
         notes.append("py-spy attached")
     if run.server_log:
         ranked = sorted(run.server_log.items(), key=lambda item: -item[1])
         shown = ", ".join(f"{message!r} x{n}" for message, n in ranked[:3])
         more = f" and {len(ranked) - 3} more" if len(ranked) > 3 else ""
-        notes.append(f"server logged {shown}{more}")
+        notes.append(f"server logged during the run {shown}{more}")
     return "; ".join(notes)
 
 
-def _row(run: ScenarioRun) -> str:
+def _versus(run: ScenarioRun, table: Mapping[str, ScenarioRun]) -> str:
+    parts = []
+    for name in BASELINES.get(run.scenario, ()):
+        base = table.get(name)
+        if base is not None and base.result.throughput and run.result.throughput:
+            parts.append(f"{run.result.throughput / base.result.throughput:.2f} x {name}")
+    return "; ".join(parts) or "-"
+
+
+def _row(
+    run: ScenarioRun,
+    table: Mapping[str, ScenarioRun] | None = None,
+    verdicts: Mapping[str, str] | None = None,
+    main: str = "",
+) -> str:
     r = run.result
+    label = _label(run, main)
+    if run.skipped:
+        cells = [label, str(run.workers), "-", *["-"] * 16]
+        cells[-1] = _notes(run)
+        return "| " + " | ".join(cells) + " |"
     cells = [
-        run.scenario,
+        label,
         str(run.workers),
         str(r.concurrency),
         f"{r.requests:,}",
@@ -613,8 +926,12 @@ def _row(run: ScenarioRun) -> str:
         _ms(r.latency.p99),
         _ms(r.latency.max),
         r.error_summary(),
+        _versus(run, table or {}) if run.dataset in ("", main) else "-",
+        (verdicts or {}).get(label, "-"),
         f"{r.cpu_s:.1f}",
         _cpu(run.server_cpu_s),
+        _cpu(run.database_cpu_s),
+        cpu_per_request(run),
         _hit_rate(run.cache_hit_rate),
         f"{r.mean_body_bytes:,.0f}",
         _notes(run),
@@ -627,16 +944,22 @@ def _median(values: Sequence[float]) -> float:
 
 
 def median_run(runs: Sequence[ScenarioRun]) -> ScenarioRun:
-    """Column-wise medians of repeated runs of one scenario (errors: the sum)."""
+    """Column-wise medians of repeated runs of one scenario (errors: the sum; contention:
+    every slot of every round)."""
     first = runs[0]
+    if first.skipped:
+        return first
     results = [run.result for run in runs]
     status: dict[int, int] = {}
     transport: dict[str, int] = {}
+    answers: dict[int, int] = {}
     for result in results:
         for code, n in result.status_errors.items():
             status[code] = status.get(code, 0) + n
         for kind, n in result.transport_errors.items():
             transport[kind] = transport.get(kind, 0) + n
+        for code, n in result.statuses.items():
+            answers[code] = answers.get(code, 0) + n
     latency = replace(
         first.result.latency,
         p50=_median([r.latency.p50 for r in results]),
@@ -656,8 +979,11 @@ def median_run(runs: Sequence[ScenarioRun]) -> ScenarioRun:
         transport_errors=transport,
         cpu_s=_median([r.cpu_s for r in results]),
         mean_body_bytes=_median([r.mean_body_bytes for r in results]),
+        statuses=answers,
+        samples_ns=(),
     )
     cpus = [run.server_cpu_s for run in runs if run.server_cpu_s is not None]
+    database_cpus = [run.database_cpu_s for run in runs if run.database_cpu_s is not None]
     rates = [run.cache_hit_rate for run in runs if run.cache_hit_rate is not None]
     primes = [run.priming for run in runs if run.priming is not None]
     priming = None
@@ -672,23 +998,46 @@ def median_run(runs: Sequence[ScenarioRun]) -> ScenarioRun:
     for run in runs:
         for message, n in run.server_log.items():
             logged[message] = logged.get(message, 0) + n
+    fights = [run.contention for run in runs if run.contention is not None]
+    contention = None
+    if fights:
+        contention = Contention(
+            winners=tuple(w for c in fights for w in c.winners),
+            rows=tuple(n for c in fights for n in c.rows),
+        )
     return ScenarioRun(
         first.scenario,
         first.workers,
         result,
         _median(cpus) if cpus else None,
+        database_cpu_s=_median(database_cpus) if database_cpus else None,
         cache_hit_rate=_median(rates) if rates else None,
         priming=priming,
         within_one_minute=all(run.within_one_minute for run in runs),
         server_log=logged,
+        dataset=first.dataset,
+        contention=contention,
+        notes=first.notes,
+        in_process=first.in_process,
     )
 
 
 RATIOS = (
     ("availability-warm ÷ constant", "availability-warm", "constant"),
+    ("availability-cold ÷ raw-availability", "availability-cold", "raw-availability"),
     ("availability-cold ÷ availability-warm", "availability-cold", "availability-warm"),
+    ("availability-cold ÷ naive-availability", "availability-cold", "naive-availability"),
     ("search ÷ constant", "search", "constant"),
+    ("booking ÷ raw-booking", "booking", "raw-booking"),
+    ("contention ÷ naive-contention", "contention", "naive-contention"),
+    ("listing ÷ naive-listing", "listing", "naive-listing"),
+    ("mixed ÷ constant", "mixed", "constant"),
 )
+
+
+def _main_runs(report: BenchReport, runs: Sequence[ScenarioRun]) -> dict[str, ScenarioRun]:
+    main = report.dataset.label
+    return {r.scenario: r for r in runs if r.dataset in ("", main) and not r.skipped}
 
 
 def ratios(report: BenchReport) -> list[tuple[str, list[float]]]:
@@ -697,64 +1046,359 @@ def ratios(report: BenchReport) -> list[tuple[str, list[float]]]:
     for label, top, bottom in RATIOS:
         values = []
         for runs in report.rounds:
-            by_name = {run.scenario: run.result.throughput for run in runs}
-            if by_name.get(top) is not None and by_name.get(bottom):
+            by_name = {n: r.result.throughput for n, r in _main_runs(report, runs).items()}
+            if by_name.get(top) and by_name.get(bottom):
                 values.append(by_name[top] / by_name[bottom])
         if values:
             found.append((label, values))
     return found
 
 
+@dataclass(frozen=True)
+class Verdict:
+    """One target of issue 8 against what was measured."""
+
+    target: str
+    scenario: str  # the row of the results table the target belongs to
+    measured: str
+    met: bool | None  # None: not measured in this run
+    shortfall: str = ""
+
+    @property
+    def short(self) -> str:
+        """The target in a few words, for the results table's *target* column."""
+        for prefix, short in _SHORT.items():
+            if self.target.startswith(prefix):
+                return short
+        return self.target
+
+    @property
+    def status(self) -> str:
+        if self.met is None:
+            return "not measured"
+        return "met" if self.met else f"**missed** ({self.shortfall})"
+
+
+_SHORT = {
+    "warm availability ≥ 50 %": "≥ 0.5 x constant",
+    "cold availability ≥ 60 %": "≥ 0.6 x raw",
+    "bookings ≥ 25 %": "≥ 0.25 x raw",
+    "bookings p99": "p99 < 50 ms",
+    "contention: exactly one": "one winner per slot",
+    "contention p99": "p99 < 100 ms",
+    "mixed ≥ 1,500": "≥ 1,500 req/s",
+    "mixed p95": "p95 ≤ 40 ms",
+    "mixed p99": "p99 ≤ 100 ms",
+    "mixed: no errors": "no errors",
+    "listing ≥": "≥ 20 x anti-pattern",
+    "availability-cold ≥": "≥ 20 x anti-pattern",
+    "contention ≥": "≥ 20 x anti-pattern",
+    "availability-cold at": "≤ 1.5 x smaller dataset",
+    "listing at": "≤ 1.5 x smaller dataset",
+}
+
+
+def _at_least(value: float, floor: float) -> str:
+    if value <= 0:
+        return "nothing measured"
+    if floor / value < 1.5:
+        return f"{(1 - value / floor) * 100:.0f} % short"
+    return f"{floor / value:.1f}x short"
+
+
+def _below(value: float, ceiling: float) -> str:
+    if value / ceiling < 2:
+        return f"{(value / ceiling - 1) * 100:+.0f} % over"
+    return f"{value / ceiling:.1f}x over"
+
+
+def verdicts(report: BenchReport) -> list[Verdict]:
+    """Issue 8's targets, from the medians (ratios: the median of within-round ratios)."""
+    medians = median_table(report)
+    main = report.dataset.label
+    table = {n: r for (n, d), r in medians.items() if d == main and not r.skipped}
+    found = dict(ratios(report))
+    out: list[Verdict] = []
+
+    def ratio_target(text: str, label: str, scenario: str, floor: float) -> None:
+        values = found.get(label)
+        if not values:
+            out.append(Verdict(text, scenario, "-", None))
+            return
+        value = _median(values)
+        out.append(Verdict(text, scenario, f"{value:.2f}", value >= floor, _at_least(value, floor)))
+
+    def latency_target(
+        text: str, scenario: str, field_name: str, ceiling: float, strict: bool
+    ) -> None:
+        run = table.get(scenario)
+        if run is None:
+            out.append(Verdict(text, scenario, "-", None))
+            return
+        value = float(getattr(run.result.latency, field_name))
+        met = value < ceiling if strict else value <= ceiling
+        out.append(
+            Verdict(
+                text,
+                scenario,
+                f"{field_name} {_ms(value)} ms at {run.result.concurrency} clients",
+                met,
+                _below(value, ceiling),
+            )
+        )
+
+    ratio_target(
+        "warm availability ≥ 50 % of the constant endpoint",
+        "availability-warm ÷ constant",
+        "availability-warm",
+        0.5,
+    )
+    ratio_target(
+        "cold availability ≥ 60 % of the raw asyncpg query",
+        "availability-cold ÷ raw-availability",
+        "availability-cold",
+        0.6,
+    )
+    ratio_target("bookings ≥ 25 % of the raw transaction", "booking ÷ raw-booking", "booking", 0.25)
+    latency_target("bookings p99 < 50 ms (at 64 clients)", "booking", "p99", 50.0, True)
+    contention = table.get("contention")
+    if contention is None or contention.contention is None:
+        out.append(Verdict("contention: exactly one winner per slot", "contention", "-", None))
+    else:
+        fight = contention.contention
+        exact = all(n == 1 for n in fight.winners) and all(n == 1 for n in fight.rows)
+        out.append(
+            Verdict(
+                "contention: exactly one winner per slot",
+                "contention",
+                f"201s per slot {list(fight.winners)}, rows {list(fight.rows)}",
+                exact,
+                "not exactly one",
+            )
+        )
+    latency_target("contention p99 < 100 ms", "contention", "p99", 100.0, True)
+    mixed = table.get("mixed")
+    if mixed is None:
+        out.append(Verdict("mixed ≥ 1,500 requests/s", "mixed", "-", None))
+    else:
+        value = mixed.result.throughput
+        out.append(
+            Verdict(
+                "mixed ≥ 1,500 requests/s",
+                "mixed",
+                f"{value:,.0f} req/s with {mixed.workers} worker(s)",
+                value >= 1500,
+                _at_least(value, 1500),
+            )
+        )
+    latency_target("mixed p95 ≤ 40 ms", "mixed", "p95", 40.0, False)
+    latency_target("mixed p99 ≤ 100 ms", "mixed", "p99", 100.0, False)
+    if mixed is not None:
+        errors = mixed.result.errors
+        out.append(
+            Verdict(
+                "mixed: no errors",
+                "mixed",
+                mixed.result.error_summary(),
+                errors == 0,
+                f"{errors} errors",
+            )
+        )
+    for name, label in (
+        ("listing", "listing ÷ naive-listing"),
+        ("availability-cold", "availability-cold ÷ naive-availability"),
+        ("contention", "contention ÷ naive-contention"),
+    ):
+        ratio_target(
+            f"{name} ≥ {ANTI_PATTERN_FACTOR:g}x its anti-pattern's throughput",
+            label,
+            name,
+            ANTI_PATTERN_FACTOR,
+        )
+    naive = table.get("naive-contention")
+    if naive is not None and naive.contention is not None:
+        out.append(
+            Verdict(
+                "check-then-insert lets double bookings through (counted, not a target)",
+                "naive-contention",
+                f"{naive.contention.double_bookings} double bookings over "
+                f"{len(naive.contention.rows)} slots (rows per slot "
+                f"{list(naive.contention.rows)})",
+                None,
+            )
+        )
+    if report.scale_dataset is not None:
+        for scale in scale_rows(report):
+            out.append(
+                Verdict(
+                    f"{scale.scenario} at {scale.large} ≤ {SCALE_FACTOR:g}x {scale.small} "
+                    "(p50 and p95)",
+                    f"{scale.scenario} @ {scale.large}",
+                    f"p50 x {scale.p50_ratio:.2f}, p95 x {scale.p95_ratio:.2f}",
+                    max(scale.p50_ratio, scale.p95_ratio) <= SCALE_FACTOR,
+                    _below(max(scale.p50_ratio, scale.p95_ratio), SCALE_FACTOR),
+                )
+            )
+    return out
+
+
+def median_table(report: BenchReport) -> dict[tuple[str, str], ScenarioRun]:
+    """Median runs keyed by (scenario, dataset label), in the order they ran."""
+    grouped: dict[tuple[str, str], list[ScenarioRun]] = {}
+    for runs in report.rounds:
+        for run in runs:
+            grouped.setdefault((run.scenario, run.dataset), []).append(run)
+    return {key: median_run(runs) for key, runs in grouped.items()}
+
+
+@dataclass(frozen=True)
+class ScaleRow:
+    scenario: str
+    small: str
+    large: str
+    small_run: ScenarioRun
+    large_run: ScenarioRun
+
+    @property
+    def p50_ratio(self) -> float:
+        return self.large_run.result.latency.p50 / max(self.small_run.result.latency.p50, 1e-9)
+
+    @property
+    def p95_ratio(self) -> float:
+        return self.large_run.result.latency.p95 / max(self.small_run.result.latency.p95, 1e-9)
+
+
+def scale_rows(report: BenchReport) -> list[ScaleRow]:
+    if report.scale_dataset is None:
+        return []
+    medians = median_table(report)
+    small, large = report.dataset.label, report.scale_dataset.label
+    rows = []
+    for name in SCALE_SCENARIOS:
+        a, b = medians.get((name, small)), medians.get((name, large))
+        if a is not None and b is not None and not a.skipped and not b.skipped:
+            rows.append(ScaleRow(name, small, large, a, b))
+    return rows
+
+
 def render_report(report: BenchReport) -> str:
     """The Markdown section the runner owns in docs/benchmarks.md."""
     config = report.config
     dataset = report.dataset
+    main = dataset.label
+    scale = report.scale_dataset
+    mixed_workers = config.mixed_workers or config.workers
     lines = [
-        f"## Run of {report.started:%Y-%m-%d %H:%M} UTC",
+        f"### Run of {report.started:%Y-%m-%d %H:%M} UTC",
         "",
         f"- **machine**: {report.machine or machine_summary()}; shared with PostgreSQL, Redis "
         "and the load generator, and with other work: figures are noisy",
         f"- **commit**: `{report.commit or commit_summary()}`; Python {platform.python_version()}",
         f"- **dataset**: {dataset.appointment_count:,} appointments, "
         f"{dataset.provider_count:,} providers ({len(dataset.providers)} used, "
-        f"{len(dataset.specialties)} specialties)",
+        f"{len(dataset.specialties)} specialties)"
+        + (
+            f"; scale check also on {scale.appointment_count:,} appointments, "
+            f"{scale.provider_count:,} providers ({len(scale.providers)} used)"
+            if scale is not None
+            else ""
+        ),
         f"- **command**: `{config.command or 'run_bench(...)'}`",
         f"- **load**: {config.concurrency} connections, {config.duration_s:g} s per run "
         f"(first {config.warmup_s:g} s warm-up, not counted), at most "
-        f"{config.max_requests:,} requests per run; {config.workers} uvicorn worker(s); "
+        f"{config.max_requests:,} requests per run (writing scenarios: at most their prepared "
+        f"set); {config.workers} uvicorn worker(s), {mixed_workers} for `mixed`; contention: "
+        f"{config.contenders} clients at once on each of {config.contention_slots} slots; "
         f"{config.repeat} round(s), scenarios interleaved",
+        *(
+            [
+                "- **server settings** (an experiment, not the defaults): "
+                + ", ".join(f"`{k}={v}`" for k, v in config.server_settings)
+            ]
+            if config.server_settings
+            else []
+        ),
         "",
-        "Throughput and latencies count 2xx responses only; errors list non-2xx statuses and "
-        "transport errors separately. *Generator CPU* is the load generator's own CPU time "
-        "(`getrusage`), *server CPU* that of the uvicorn process(es), both over the whole run. "
-        "*Cache hit rate* is from `/metrics` (`carebook_cache_requests_total`) after warm-up.",
+        "Throughput and latencies count 2xx responses (and, for the contention scenarios, the "
+        "expected 409s); errors list other statuses and transport errors separately. "
+        "*Generator CPU* is the load generator's own CPU time (`getrusage`), *server CPU* "
+        "that of the uvicorn process(es), *PostgreSQL CPU* that of the database backends "
+        "serving the run (in-process baselines included), all over the whole run (warm-up "
+        "included). *Cache hit rate* is from "
+        "`/metrics` (`carebook_cache_requests_total`) after warm-up. Writing scenarios run on "
+        "a scratch copy of the prepared database (`CREATE DATABASE … TEMPLATE`), one per run.",
         "",
     ]
-    if len(report.rounds) > 1:
-        lines += [f"### Medians of {len(report.rounds)} rounds", "", _HEADER]
-        for name in config.scenarios:
-            runs = [run for runs in report.rounds for run in runs if run.scenario == name]
-            if runs:
-                lines.append(_row(median_run(runs)))
-        lines.append("")
-    found = ratios(report)
-    if found:
+    medians = median_table(report)
+    table = {n: r for (n, d), r in medians.items() if d == main and not r.skipped}
+    found = verdicts(report)
+    by_row: dict[str, list[Verdict]] = {}
+    for verdict in found:
+        by_row.setdefault(verdict.scenario, []).append(verdict)
+    marks = {
+        row: "; ".join(
+            f"{v.short}: " + ("met" if v.met else "**missed**") for v in items if v.met is not None
+        )
+        or "-"
+        for row, items in by_row.items()
+    }
+    title = f"Medians of {len(report.rounds)} rounds" if len(report.rounds) > 1 else "Results"
+    lines += [f"#### {title}", "", _HEADER]
+    for run in medians.values():
+        lines.append(_row(run, table, marks, main))
+    lines.append("")
+    lines += [
+        "#### Targets (issue 8)",
+        "",
+        "| target | measured | status |",
+        "| --- | --- | --- |",
+        *(f"| {v.target} | {v.measured} | {v.status} |" for v in found),
+        "",
+    ]
+    ratio_values = ratios(report)
+    if ratio_values:
         rounds = len(report.rounds)
         lines += [
-            "### Throughput ratios (within each round)",
+            "#### Throughput ratios (within each round)",
             "",
             "| ratio | " + " | ".join(f"round {n}" for n in range(1, rounds + 1)) + " | median |",
             "| --- |" + " ---: |" * (rounds + 1),
         ]
-        for label, values in found:
+        for label, values in ratio_values:
             cells = [f"{v:.2f}" for v in values] + [""] * (rounds - len(values))
             lines.append(f"| {label} | {' | '.join(cells)} | **{_median(values):.2f}** |")
         lines.append("")
-    for number, runs in enumerate(report.rounds, start=1):
-        lines += [f"### Round {number}", "", _HEADER, *(_row(run) for run in runs), ""]
+    rows = scale_rows(report)
+    if rows:
+        lines += [
+            "#### Scale check (medians)",
+            "",
+            "| scenario | p50 ms small | p95 ms small | p50 ms large | p95 ms large "
+            "| p50 ratio | p95 ratio | throughput small → large (req/s) |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        ]
+        for r in rows:
+            a, b = r.small_run.result, r.large_run.result
+            lines.append(
+                f"| {r.scenario} ({r.small} → {r.large}) | {_ms(a.latency.p50)} "
+                f"| {_ms(a.latency.p95)} | {_ms(b.latency.p50)} | {_ms(b.latency.p95)} "
+                f"| {r.p50_ratio:.2f} | {r.p95_ratio:.2f} "
+                f"| {a.throughput:,.0f} → {b.throughput:,.0f} |"
+            )
+        lines.append("")
+    if len(report.rounds) > 1:
+        for number, runs in enumerate(report.rounds, start=1):
+            round_table = _main_runs(report, runs)
+            lines += [
+                f"#### Round {number}",
+                "",
+                _HEADER,
+                *(_row(run, round_table, None, main) for run in runs),
+                "",
+            ]
     profiled = [run for runs in report.rounds for run in runs if run.profile is not None]
     if profiled:
-        lines += ["### Where the server's time goes (py-spy, round 1)", ""]
+        lines += ["#### Where the server's time goes (py-spy, round 1)", ""]
         for run in profiled:
             assert run.profile is not None
             lines += render_profile(run.scenario, summarize_profile(run.profile))
@@ -865,14 +1509,47 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[BenchConfig, Path | N
         "--profile-dir", type=Path, help="py-spy the server in round 1, raw stacks here"
     )
     parser.add_argument(
-        "--smoke", action="store_true", help="seconds, not minutes: 2 s, 4 connections, 400 max"
+        "--mixed-workers",
+        type=int,
+        help="uvicorn workers of the mixed scenario (default: --workers)",
+    )
+    parser.add_argument(
+        "--contenders", type=int, default=100, help="clients on one slot at once (contention)"
+    )
+    parser.add_argument(
+        "--contention-slots", type=int, default=5, help="slots fought over, one burst each"
+    )
+    parser.add_argument(
+        "--scale-database-url",
+        help="a larger dataset: " + ", ".join(SCALE_SCENARIOS) + " run on it too (scale check)",
+    )
+    parser.add_argument(
+        "--server-setting",
+        action="append",
+        default=[],
+        metavar="CAREBOOK_NAME=VALUE",
+        help="repeatable: a setting for the Carebook servers, for experiments "
+        "(e.g. CAREBOOK_DB_POOL_PRE_PING=false); the report's command shows it",
+    )
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="seconds, not minutes: 2 s, 4 connections, 400 max, 20 contenders on 2 slots",
     )
     args = parser.parse_args(argv)
+    settings = []
+    for item in args.server_setting:
+        name, sep, value = item.partition("=")
+        if not sep or not name.startswith("CAREBOOK_"):
+            parser.error(f"--server-setting wants CAREBOOK_NAME=VALUE, not {item!r}")
+        settings.append((name, value))
     values: dict[str, float] = {
         "duration_s": args.duration,
         "warmup_s": args.warmup,
         "concurrency": args.concurrency,
         "max_requests": args.max_requests,
+        "contenders": args.contenders,
+        "contention_slots": args.contention_slots,
     }
     if args.smoke:
         values.update(SMOKE)
@@ -890,8 +1567,14 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[BenchConfig, Path | N
         repeat=1 if args.smoke else max(1, args.repeat),
         command=command,
         profile_dir=args.profile_dir,
+        mixed_workers=args.mixed_workers,
+        contenders=int(values["contenders"]),
+        contention_slots=max(1, int(values["contention_slots"])),
+        scale_database_url=args.scale_database_url,
+        server_settings=tuple(settings),
     )
     config.plan(0)  # validates the bounds before anything starts
+    config.burst(0, frozenset())
     return config, args.report
 
 

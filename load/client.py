@@ -17,7 +17,8 @@ import math
 import resource
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any, cast
 from urllib.parse import quote, urlencode
@@ -378,7 +379,8 @@ class LoadResult:
     """What one run measured, warm-up excluded.
 
     `requests` counts every request started after the warm-up that ended (a response or a
-    transport error); `ok` the 2xx among them. Throughput and latencies are over 2xx responses:
+    transport error); `ok` the 2xx (and expected statuses) among them. Throughput and latencies
+    are over those answers:
     non-2xx statuses and transport errors are counted separately and never hide in the figures.
     """
 
@@ -393,6 +395,8 @@ class LoadResult:
     warmup_requests: int
     cpu_s: float
     mean_body_bytes: float
+    statuses: dict[int, int] = field(default_factory=dict)  # every measured answer, by status
+    samples_ns: tuple[int, ...] = field(default=(), repr=False)  # latencies counted
 
     @property
     def errors(self) -> int:
@@ -413,6 +417,7 @@ class _Tally:
     requests: int = 0
     body_bytes: int = 0
     warmup: int = 0
+    statuses: Counter[int] = field(default_factory=Counter)
     status_errors: Counter[int] = field(default_factory=Counter)
     transport_errors: Counter[str] = field(default_factory=Counter)
 
@@ -429,6 +434,12 @@ class LoadPlan:
     warmup_share: float = 0.1  # the warm-up also ends after this share of max_requests
     timeout_s: float = 10.0
     host: str = LOOPBACK
+    # Non-2xx statuses that are the expected answer (409 for the losers of a contended slot):
+    # counted with the 2xx in throughput and latency, not as errors.
+    expected_statuses: frozenset[int] = frozenset()
+    # Every worker opens its connection first, and all send their first request together
+    # (a burst on one slot), instead of each starting as soon as it is connected.
+    open_first: bool = False
 
     def __post_init__(self) -> None:
         require_loopback(self.host)
@@ -447,95 +458,184 @@ def _cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-async def run_load(plan: LoadPlan, factory: RequestFactory) -> LoadResult:
-    """Drive `plan.concurrency` workers until the duration or the request budget runs out.
+class _Run:
+    """The bookkeeping every run shares: the bounds, the warm-up, the tally and the clock.
 
     The warm-up ends after `plan.warmup_s` or after `plan.warmup_share` of the request budget,
     whichever comes first, so a small budget still leaves requests to measure.
     """
-    tally = _Tally()
-    issued = 0
-    clock = time.perf_counter_ns
-    began = clock()
-    warmup_until = began + int(plan.warmup_s * 1e9)
-    warmup_budget = int(plan.max_requests * plan.warmup_share) if plan.warmup_s > 0 else 0
-    deadline = began + int(plan.duration_s * 1e9)
-    measure_from: int | None = None
-    last_done = 0
 
-    def next_request() -> tuple[int, bool] | None:
+    def __init__(self, plan: LoadPlan) -> None:
+        self.plan = plan
+        self.tally = _Tally()
+        self.issued = 0
+        self.clock = time.perf_counter_ns
+        self.began = self.clock()
+        self.warmup_until = self.began + int(plan.warmup_s * 1e9)
+        self.warmup_budget = int(plan.max_requests * plan.warmup_share) if plan.warmup_s > 0 else 0
+        self.deadline = self.began + int(plan.duration_s * 1e9)
+        self.measure_from: int | None = None
+        self.last_done = 0
+
+    def next_request(self) -> tuple[int, bool] | None:
         """The next sequence number and whether it is measured; None when the run is over."""
-        nonlocal issued, measure_from
-        now = clock()
-        if issued >= plan.max_requests or now >= deadline:
+        now = self.clock()
+        if self.issued >= self.plan.max_requests or now >= self.deadline:
             return None
-        number = issued
-        issued += 1
-        if measure_from is None and (number >= warmup_budget or now >= warmup_until):
-            measure_from = now
-        return number, measure_from is not None
+        number = self.issued
+        self.issued += 1
+        if self.measure_from is None and (number >= self.warmup_budget or now >= self.warmup_until):
+            self.measure_from = now
+        return number, self.measure_from is not None
+
+    def answered(self, measured: bool, status: int, body_bytes: int, start: int) -> None:
+        end = self.clock()
+        tally = self.tally
+        if not measured:
+            tally.warmup += 1
+            return
+        tally.requests += 1
+        tally.statuses[status] += 1
+        self.last_done = end
+        if 200 <= status < 300 or status in self.plan.expected_statuses:
+            tally.latencies_ns.append(end - start)
+            tally.body_bytes += body_bytes
+        else:
+            tally.status_errors[status] += 1
+
+    def failed(self, measured: bool, exc: BaseException) -> None:
+        if measured:
+            self.tally.requests += 1
+            self.tally.transport_errors[type(exc).__name__] += 1
+            self.last_done = self.clock()
+        else:
+            self.tally.warmup += 1
+
+    def result(self, cpu_s: float) -> LoadResult:
+        tally = self.tally
+        measure_from = self.measure_from
+        elapsed = max(self.last_done - measure_from, 1) / 1e9 if measure_from is not None else 0.0
+        ok = len(tally.latencies_ns)
+        return LoadResult(
+            concurrency=self.plan.concurrency,
+            requests=tally.requests,
+            ok=ok,
+            elapsed_s=elapsed,
+            throughput=ok / elapsed if ok else 0.0,
+            latency=LatencySummary.from_ns(tally.latencies_ns),
+            status_errors=dict(tally.status_errors),
+            transport_errors=dict(tally.transport_errors),
+            warmup_requests=tally.warmup,
+            cpu_s=cpu_s,
+            mean_body_bytes=tally.body_bytes / ok if ok else 0.0,
+            statuses=dict(tally.statuses),
+            samples_ns=tuple(tally.latencies_ns),
+        )
+
+
+async def run_load(plan: LoadPlan, factory: RequestFactory) -> LoadResult:
+    """Drive `plan.concurrency` workers until the duration or the request budget runs out."""
+    run = _Run(plan)
+    ready = asyncio.Event()
+    opened = 0
+
+    async def connect() -> Connection:
+        return await asyncio.wait_for(Connection.open(plan.port, plan.host), plan.timeout_s)
 
     async def worker() -> None:
-        nonlocal last_done
+        nonlocal opened
         connection: Connection | None = None
         try:
-            while (turn := next_request()) is not None:
+            if plan.open_first:
+                with suppress(OSError, TimeoutError):
+                    connection = await connect()
+                opened += 1
+                if opened == plan.concurrency:
+                    ready.set()
+                await ready.wait()
+            while (turn := run.next_request()) is not None:
                 number, measured = turn
                 raw = factory(number)
-                start = clock()
+                start = run.clock()
                 try:
                     if connection is None or connection.closed:
-                        connection = await asyncio.wait_for(
-                            Connection.open(plan.port, plan.host), plan.timeout_s
-                        )
+                        connection = await connect()
                     response = await connection.request(raw, plan.timeout_s)
                 except (OSError, TimeoutError, ProtocolError, ConnectionClosed) as exc:
                     if connection is not None:
                         connection.close()
                         connection = None
-                    if measured:
-                        tally.requests += 1
-                        tally.transport_errors[type(exc).__name__] += 1
-                        last_done = clock()
-                    else:
-                        tally.warmup += 1
+                    run.failed(measured, exc)
                     await asyncio.sleep(0.01)  # a refused connection must not spin
                     continue
-                end = clock()
+                run.answered(measured, response.status, len(response.body), start)
                 if not response.keep_alive:
                     connection.close()
                     connection = None
-                if not measured:
-                    tally.warmup += 1
-                    continue
-                tally.requests += 1
-                last_done = end
-                if 200 <= response.status < 300:
-                    tally.latencies_ns.append(end - start)
-                    tally.body_bytes += len(response.body)
-                else:
-                    tally.status_errors[response.status] += 1
         finally:
             if connection is not None:
                 connection.close()
 
     cpu_before = _cpu_seconds()
     await asyncio.gather(*(worker() for _ in range(plan.concurrency)))
-    cpu = _cpu_seconds() - cpu_before
-    elapsed = max(last_done - measure_from, 1) / 1e9 if measure_from is not None else 0.0
-    ok = len(tally.latencies_ns)
+    return run.result(_cpu_seconds() - cpu_before)
+
+
+Call = Callable[[int], Awaitable[int]]
+"""An in-process operation with the given sequence number; returns an HTTP-like status."""
+
+
+async def run_calls(plan: LoadPlan, call: Call) -> LoadResult:
+    """`run_load` for in-process baselines (a query or a transaction through asyncpg): the same
+    bounds, warm-up and statistics, `plan.concurrency` tasks instead of connections. An
+    exception counts as a transport error of its type."""
+    run = _Run(plan)
+
+    async def worker() -> None:
+        while (turn := run.next_request()) is not None:
+            number, measured = turn
+            start = run.clock()
+            try:
+                status = await asyncio.wait_for(call(number), plan.timeout_s)
+            except Exception as exc:
+                run.failed(measured, exc)
+                continue
+            run.answered(measured, status, 0, start)
+
+    cpu_before = _cpu_seconds()
+    await asyncio.gather(*(worker() for _ in range(plan.concurrency)))
+    return run.result(_cpu_seconds() - cpu_before)
+
+
+def merge_results(results: Sequence[LoadResult]) -> LoadResult:
+    """One result of several runs in a row (the bursts of the contention scenario): counts
+    add up, latencies are over all samples, throughput is answers over the summed time."""
+    if not results:
+        raise ValueError("nothing to merge")
+    samples = tuple(s for r in results for s in r.samples_ns)
+    ok = sum(r.ok for r in results)
+    elapsed = sum(r.elapsed_s for r in results)
+
+    def added(maps: Sequence[Mapping[Any, int]]) -> dict[Any, int]:
+        total: Counter[Any] = Counter()
+        for counts in maps:
+            total.update(counts)
+        return dict(total)
+
     return LoadResult(
-        concurrency=plan.concurrency,
-        requests=tally.requests,
+        concurrency=max(r.concurrency for r in results),
+        requests=sum(r.requests for r in results),
         ok=ok,
         elapsed_s=elapsed,
-        throughput=ok / elapsed if ok else 0.0,
-        latency=LatencySummary.from_ns(tally.latencies_ns),
-        status_errors=dict(tally.status_errors),
-        transport_errors=dict(tally.transport_errors),
-        warmup_requests=tally.warmup,
-        cpu_s=cpu,
-        mean_body_bytes=tally.body_bytes / ok if ok else 0.0,
+        throughput=ok / elapsed if ok and elapsed else 0.0,
+        latency=LatencySummary.from_ns(samples),
+        status_errors=added([r.status_errors for r in results]),
+        transport_errors=added([r.transport_errors for r in results]),
+        warmup_requests=sum(r.warmup_requests for r in results),
+        cpu_s=sum(r.cpu_s for r in results),
+        mean_body_bytes=sum(r.mean_body_bytes * r.ok for r in results) / ok if ok else 0.0,
+        statuses=added([r.statuses for r in results]),
+        samples_ns=samples,
     )
 
 

@@ -34,8 +34,10 @@ from load.client import (
     build_request,
     cycle_requests,
     fetch,
+    merge_results,
     percentile,
     require_loopback,
+    run_calls,
     run_load,
 )
 
@@ -224,6 +226,7 @@ class TinyServer:
     connections: int = 0
     requests: int = 0
     paths: list[str] = field(default_factory=list)
+    connections_at_first_request: int | None = None
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
@@ -238,6 +241,8 @@ class TinyServer:
                     if name.lower() == "content-length":
                         length = int(value)
                 body = await reader.readexactly(length) if length else b""
+                if self.connections_at_first_request is None:
+                    self.connections_at_first_request = self.connections
                 self.requests += 1
                 self.paths.append(path)
                 writer.write(self.respond(path, body))
@@ -363,6 +368,80 @@ async def test_the_request_factory_sees_every_sequence_number(tiny: TinyServer) 
     assert sorted(tiny.paths) == sorted(f"/length?n={n}" for n in range(50))
 
 
+async def test_expected_statuses_are_answers_not_errors(tiny: TinyServer) -> None:
+    plan = LoadPlan(
+        port=tiny.port,
+        concurrency=2,
+        duration_s=10,
+        max_requests=40,
+        warmup_s=0,
+        expected_statuses=frozenset({409}),
+    )
+    requests = [get(tiny, "/length"), get(tiny, "/status/409"), get(tiny, "/status/500")]
+    result = await run_load(plan, cycle_requests(requests))
+    assert result.statuses == {200: 14, 409: 13, 500: 13}
+    assert result.ok == 27  # the 409s count with the 200s ...
+    assert result.status_errors == {500: 13}  # ... and anything else is still an error
+    assert len(result.samples_ns) == 27
+
+
+async def test_open_first_connects_every_worker_before_any_request(tiny: TinyServer) -> None:
+    plan = LoadPlan(
+        port=tiny.port, concurrency=12, duration_s=10, max_requests=12, warmup_s=0, open_first=True
+    )
+    result = await run_load(plan, cycle_requests([get(tiny, "/length")]))
+    assert tiny.connections_at_first_request == 12
+    assert (result.requests, result.ok) == (12, 12)
+
+
+async def test_run_calls_counts_statuses_and_exceptions_within_the_budget() -> None:
+    seen: list[int] = []
+
+    async def call(number: int) -> int:
+        seen.append(number)
+        if number % 5 == 4:
+            raise LookupError("boom")
+        await asyncio.sleep(0)
+        return 201 if number % 5 else 409
+
+    plan = LoadPlan(port=0, concurrency=3, duration_s=10, max_requests=50, warmup_s=0)
+    result = await run_calls(plan, call)
+    assert sorted(seen) == list(range(50))  # every number once, never beyond the budget
+    assert result.statuses == {201: 30, 409: 10}
+    assert result.status_errors == {409: 10}
+    assert result.transport_errors == {"LookupError": 10}
+    assert result.ok == 30
+
+
+def test_merge_results_pools_samples_and_adds_counts() -> None:
+    def one(samples: list[int], statuses: dict[int, int]) -> LoadResult:
+        return LoadResult(
+            concurrency=4,
+            requests=len(samples),
+            ok=len(samples),
+            elapsed_s=1.0,
+            throughput=float(len(samples)),
+            latency=LatencySummary.from_ns(samples),
+            status_errors={},
+            transport_errors={},
+            warmup_requests=0,
+            cpu_s=0.25,
+            mean_body_bytes=10.0,
+            statuses=statuses,
+            samples_ns=tuple(samples),
+        )
+
+    merged = merge_results([one([1_000_000] * 3, {201: 1, 409: 2}), one([9_000_000], {201: 1})])
+    assert (merged.requests, merged.ok, merged.elapsed_s) == (4, 4, 2.0)
+    assert merged.throughput == 2.0
+    assert merged.statuses == {201: 2, 409: 2}
+    assert merged.latency.max == 9.0
+    assert merged.latency.p50 == 1.0
+    assert merged.cpu_s == 0.5
+    with pytest.raises(ValueError, match="nothing"):
+        merge_results([])
+
+
 def unused_port() -> int:
     """A 127.0.0.1 port with nothing listening (bound, then released)."""
     with socket.socket() as probe:
@@ -441,6 +520,7 @@ def test_log_problems_counts_warnings_and_errors_by_message() -> None:
             "INFO:     Started server process [1]",
             '{"level": "warning", "logger": "carebook.cache", "message": "redis call failed"}',
             '{"level": "warning", "logger": "carebook.cache", "message": "redis call failed"}',
+            '{"level": "warning", "message": "redis call failed", "error": "ConnectionError"}',
             '{"level": "info", "logger": "carebook.access", "message": "request"}',
             '{"level": "error", "logger": "carebook.errors", "message": "unhandled error"}',
             "ERROR:    Exception in ASGI application",
@@ -449,6 +529,7 @@ def test_log_problems_counts_warnings_and_errors_by_message() -> None:
     )
     assert log_problems(text) == {
         "redis call failed": 2,
+        "redis call failed (ConnectionError)": 1,
         "unhandled error": 1,
         "Exception in ASGI application": 1,
     }

@@ -1,0 +1,261 @@
+"""Unit tests for the runner's preparation and report logic (load.prepare, load.bench): the
+SQL parameter conversion, how bookings and contended slots are picked so that nothing collides,
+and how the targets of issue 8 are judged and rendered."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import uuid
+from datetime import UTC, date, datetime, timedelta
+
+import pytest
+
+from app.availability.repository import FREE_SLOTS_OF_PROVIDER
+from load.bench import (
+    BenchConfig,
+    BenchReport,
+    ScenarioRun,
+    cpu_per_request,
+    database_cpu_seconds,
+    database_cpu_ticks,
+    parse_args,
+    render_report,
+    verdicts,
+)
+from load.client import LatencySummary, LoadResult
+from load.prepare import (
+    FREE_SLOTS_PARAMS,
+    FREE_SLOTS_SQL,
+    Account,
+    Slot,
+    assign,
+    contended_slots,
+    positional,
+)
+from load.scenarios import SCENARIOS, Contention, Dataset, route_present
+
+T0 = datetime(2026, 12, 7, 9, 0, tzinfo=UTC)
+
+
+def test_named_parameters_become_numbered_ones_and_casts_stay() -> None:
+    source = "SELECT :a, CAST(:b AS date), :a, 'it''s :x', now()::date -- the slot's :y\n, :c"
+    sql, names = positional(source)
+    assert sql == (
+        "SELECT $1, CAST($2 AS date), $1, 'it''s :x', now()::date -- the slot's :y\n, $3"
+    )
+    assert names == ("a", "b", "c")
+    # The API's own availability statement, ready for asyncpg.
+    assert set(FREE_SLOTS_PARAMS) == {
+        "provider_id",
+        "from_date",
+        "to_date",
+        "earliest",
+        "latest",
+        "ignore_appointment_id",
+    }
+    assert ":provider_id" not in FREE_SLOTS_SQL
+    assert f"${len(FREE_SLOTS_PARAMS)}" in FREE_SLOTS_SQL
+    assert set(FREE_SLOTS_PARAMS) == set(FREE_SLOTS_OF_PROVIDER._bindparams)  # SQLAlchemy agrees
+
+
+def _account(n: int) -> Account:
+    return Account(uuid.UUID(int=n), f"patient{n:06d}@load.example.com", "patient", None)
+
+
+def _slot(provider: int, minutes: int, length: int = 30) -> Slot:
+    start = T0 + timedelta(minutes=minutes)
+    return Slot(uuid.UUID(int=1000 + provider), start, start + timedelta(minutes=length))
+
+
+def test_bookings_use_distinct_slots_and_never_overlap_for_one_patient() -> None:
+    # Four providers with the same eight half-hour slots: 32 slots, many at the same time.
+    slots = [_slot(p, 30 * k) for p in range(4) for k in range(8)]
+    patients = [_account(1), _account(2)]
+    busy = {patients[0].id: [(T0, T0 + timedelta(hours=1))]}  # holds 09:00-10:00 already
+    bookings = assign(slots, patients, busy, count=100, seed=1)
+    assert len({b.slot for b in bookings}) == len(bookings)  # distinct slots
+    # Each patient can hold one visit per half hour, the first one not before 10:00.
+    assert len(bookings) == 8 + 6
+    for patient in patients:
+        mine = sorted((b.slot.starts_at, b.slot.ends_at) for b in bookings if b.patient == patient)
+        for (_, end), (start, _) in itertools.pairwise(mine):
+            assert end <= start
+    assert all(
+        b.slot.starts_at >= T0 + timedelta(hours=1) for b in bookings if b.patient == patients[0]
+    )
+    assert len(assign(slots, patients, {}, count=5, seed=1)) == 5  # the count bounds it
+    assert assign(slots, patients, {}, count=5, seed=1) == assign(
+        slots, patients, {}, count=5, seed=1
+    )  # reproducible
+
+
+def test_contended_slots_are_free_for_every_contender_and_spread_over_providers() -> None:
+    slots = [_slot(p, 30 * k) for p in range(3) for k in range(4)]
+    patients = [_account(n) for n in range(1, 6)]
+    busy = {patients[3].id: [(T0, T0 + timedelta(minutes=60))]}  # one of them is busy 9-10
+    picked = contended_slots(slots, patients, busy, count=3, seed=2)
+    assert len(picked) == 3
+    assert len({s.provider_id for s in picked}) == 3  # one per provider while there are some
+    assert all(s.starts_at >= T0 + timedelta(minutes=60) for s in picked)
+    assert len(contended_slots(slots, patients, busy, count=10, seed=2)) == 6  # all that fit
+
+
+def _result(throughput: float, p95: float, p99: float, **extra: object) -> LoadResult:
+    values: dict[str, object] = {
+        "concurrency": 64,
+        "requests": 1000,
+        "ok": 1000,
+        "elapsed_s": 10.0,
+        "throughput": throughput,
+        "latency": LatencySummary(p95 / 2, p95, p99, p99, p95 / 2),
+        "status_errors": {},
+        "transport_errors": {},
+        "warmup_requests": 10,
+        "cpu_s": 1.0,
+        "mean_body_bytes": 100.0,
+        "statuses": {200: 1000},
+    }
+    values.update(extra)
+    return LoadResult(**values)  # type: ignore[arg-type]
+
+
+def _report(runs: list[ScenarioRun]) -> BenchReport:
+    dataset = Dataset((), (), 100_000, 40, date(2026, 12, 1), "postgresql://x/y")
+    config = BenchConfig(database_url="postgresql://x/y", redis_url="redis://x/9", command="c")
+    report = BenchReport(
+        config=config, dataset=dataset, started=T0, commit="abc1234", machine="2 cores"
+    )
+    report.rounds.append(runs)
+    return report
+
+
+def _run(name: str, result: LoadResult, **extra: object) -> ScenarioRun:
+    return ScenarioRun(name, 1, result, 5.0, dataset="100 k", **extra)  # type: ignore[arg-type]
+
+
+def test_targets_are_judged_with_the_size_of_a_miss() -> None:
+    report = _report(
+        [
+            _run("constant", _result(7000, 10, 15)),
+            _run("availability-warm", _result(1400, 50, 60)),
+            _run("raw-booking", _result(400, 20, 30)),
+            _run("booking", _result(200, 30, 40)),
+            _run(
+                "contention",
+                _result(300, 50, 80, statuses={201: 2, 409: 198}),
+                contention=Contention(winners=(1, 1), rows=(1, 1)),
+            ),
+            _run(
+                "mixed",
+                _result(1600, 45, 90, status_errors={500: 1}, requests=1001),
+            ),
+            _run("naive-listing", _result(10, 500, 900)),
+            _run("listing", _result(300, 20, 40)),
+            _run(
+                "naive-contention",
+                _result(900, 10, 20, statuses={201: 5, 409: 195}),
+                contention=Contention(winners=(2, 3), rows=(2, 3)),
+            ),
+        ]
+    )
+    found = {v.target: v for v in verdicts(report)}
+    warm = found["warm availability ≥ 50 % of the constant endpoint"]
+    assert (warm.met, warm.measured, warm.shortfall) == (False, "0.20", "2.5x short")
+    assert found["bookings ≥ 25 % of the raw transaction"].met is True
+    assert found["bookings p99 < 50 ms (at 64 clients)"].met is True
+    assert found["contention: exactly one winner per slot"].met is True
+    assert found["mixed ≥ 1,500 requests/s"].met is True
+    p95 = found["mixed p95 ≤ 40 ms"]
+    assert (p95.met, p95.shortfall) == (False, "+12 % over")
+    assert found["mixed: no errors"].met is False
+    assert found["listing ≥ 20x its anti-pattern's throughput"].met is True
+    assert found["cold availability ≥ 60 % of the raw asyncpg query"].met is None  # not run
+    naive = found["check-then-insert lets double bookings through (counted, not a target)"]
+    assert naive.measured.startswith("3 double bookings over 2 slots")
+
+    text = render_report(report)
+    assert (
+        "| warm availability ≥ 50 % of the constant endpoint | 0.20 | **missed** (2.5x short) |"
+        in text
+    )
+    assert "| cold availability ≥ 60 % of the raw asyncpg query | - | not measured |" in text
+    assert "0.20 x constant" in text  # the row's ratio to its baseline
+    assert "≥ 0.5 x constant: **missed**" in text  # and its target
+    assert "201s per slot [2, 3], active rows per slot [2, 3], double bookings 3" in text
+
+
+def test_a_wrong_contention_result_is_a_missed_target() -> None:
+    report = _report(
+        [
+            _run(
+                "contention",
+                _result(300, 50, 80, statuses={201: 2, 409: 198}),
+                contention=Contention(winners=(1, 1), rows=(1, 2)),
+            )
+        ]
+    )
+    (verdict,) = [v for v in verdicts(report) if v.target.startswith("contention: exactly")]
+    assert verdict.met is False
+
+
+def test_dataset_labels_and_route_checks() -> None:
+    def label(n: int) -> str:
+        return Dataset((), (), n, 1, date(2026, 12, 1)).label
+
+    assert [label(n) for n in (999, 3_000, 100_000, 9_996_450)] == ["999", "3 k", "100 k", "10 M"]
+    assert route_present(("app.appointments.endpoints", "/v1/appointments/{}/cancel"))
+    assert not route_present(("app.appointments.endpoints", "/v1/appointments/{}/nothing"))
+    # Every writing scenario runs on a scratch copy; baselines are marked as such.
+    for name in ("booking", "contention", "mixed", "raw-booking", "naive-contention", "records"):
+        assert SCENARIOS[name].scratch, name
+    assert {n for n, s in SCENARIOS.items() if s.kind == "baseline"} == {
+        "constant",
+        "raw-availability",
+        "raw-booking",
+        "naive-listing",
+        "naive-availability",
+        "naive-contention",
+    }
+
+
+def test_database_cpu_counts_live_and_new_backends() -> None:
+    hz = os.sysconf("SC_CLK_TCK")
+    # Backend 1 ran on, 2 exited (lost), 3 started during the run.
+    assert database_cpu_seconds({1: 10, 2: 5}, {1: 30, 3: 7}) == (20 + 7) / hz
+    assert database_cpu_seconds(None, {1: 1}) is None
+    assert database_cpu_ticks(f"no_such_database_{uuid.uuid4().hex}") == {}
+
+
+def test_server_settings_are_parsed_checked_and_shown() -> None:
+    config, report_path = parse_args(
+        [
+            "--database-url",
+            "postgresql://u:secret@127.0.0.1/db",
+            "--redis-url",
+            "redis://127.0.0.1:6379/9",
+            "--server-setting",
+            "CAREBOOK_DB_POOL_PRE_PING=false",
+            "--mixed-workers",
+            "2",
+            "--smoke",
+        ]
+    )
+    assert report_path is None
+    assert config.server_settings == (("CAREBOOK_DB_POOL_PRE_PING", "false"),)
+    assert (config.mixed_workers, config.contenders, config.contention_slots) == (2, 20, 2)
+    assert "u:***@" in config.command  # no password in the report
+    assert config.workers_for(SCENARIOS["mixed"]) == 2
+    assert config.workers_for(SCENARIOS["booking"]) == 1
+    with pytest.raises(SystemExit):
+        parse_args(["--database-url", "x", "--redis-url", "y", "--server-setting", "PATH=/"])
+    report = _report([_run("constant", _result(7000, 10, 15))])
+    report.config = config
+    assert "`CAREBOOK_DB_POOL_PRE_PING=false`" in render_report(report)
+
+
+def test_cpu_per_request_adds_the_database_share() -> None:
+    served = _run("listing", _result(300, 20, 40), database_cpu_s=0.5)  # 5.0 s server CPU
+    assert cpu_per_request(served) == "4.95 + 0.50"  # over 1,010 requests sent
+    in_process = ScenarioRun("raw-booking", 1, _result(800, 5, 9), None, in_process=True)
+    assert cpu_per_request(in_process) == "0.99 + 0.00"  # its own CPU: the result's 1.0 s
