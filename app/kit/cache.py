@@ -184,8 +184,14 @@ class Cache:
         if not self._suspect_stale:
             return
         assert self.redis is not None
-        await self.redis.incr(GENERATION_KEY)
+        # Cleared before the await: the concurrent callers that also find Redis back must not
+        # each bump the generation (hundreds of bumps empty the cache over and over).
         self._suspect_stale = False
+        try:
+            await self.redis.incr(GENERATION_KEY)
+        except BaseException:
+            self._suspect_stale = True
+            raise
         logger.warning("redis is back: cache generation bumped, earlier values are unreachable")
 
     async def _single_flight(self, key: str, compute: Callable[[], Awaitable[bytes]]) -> bytes:
