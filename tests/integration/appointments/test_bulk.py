@@ -74,6 +74,14 @@ async def _arrange(
         return [row.id for row in rows]
 
 
+async def _clinic(booking: Booking, accounts: Accounts) -> tuple[ProviderSetup, Account, Account]:
+    """A provider with a patient and a staff member of the provider's clinic."""
+    provider = await booking.provider()
+    patient = await accounts.create(Role.PATIENT)
+    staff = await accounts.create(Role.STAFF, clinic_id=provider.clinic_id)
+    return provider, patient, staff
+
+
 async def _statuses(database: Database, ids: list[uuid.UUID]) -> dict[uuid.UUID, str]:
     async with database.reading(primary=True) as session:
         rows = await session.execute(
@@ -165,9 +173,7 @@ async def test_bulk_costs_the_same_statements_for_2_and_500_ids(
     accounts: Accounts,
     database: Database,
 ) -> None:
-    provider = await booking.provider()
-    patient = await accounts.create(Role.PATIENT)
-    staff = await accounts.create(Role.STAFF, clinic_id=provider.clinic_id)
+    provider, patient, staff = await _clinic(booking, accounts)
     small = await _arrange(database, provider, patient, ["booked"] * 2)
     large = await _arrange(database, provider, patient, ["booked"] * 500, first_hour=10)
     counts = []
@@ -216,9 +222,7 @@ async def test_repeated_ids_get_the_same_result_each_time(
 async def test_cancel_by_bulk_stores_the_reason_and_frees_the_slot(
     client: httpx.AsyncClient, booking: Booking, accounts: Accounts, database: Database
 ) -> None:
-    provider = await booking.provider()
-    patient = await accounts.create(Role.PATIENT)
-    staff = await accounts.create(Role.STAFF, clinic_id=provider.clinic_id)
+    provider, patient, staff = await _clinic(booking, accounts)
     day = next_local_day(provider.timezone)
     start = local_instant(day, time(10, 0), provider.timezone)
     booked = await booking.book(patient, provider, start)
@@ -268,9 +272,7 @@ async def test_bad_bulk_requests_are_422_and_change_nothing(
     body: dict[str, Any],
     where: str,
 ) -> None:
-    provider = await booking.provider()
-    patient = await accounts.create(Role.PATIENT)
-    staff = await accounts.create(Role.STAFF, clinic_id=provider.clinic_id)
+    provider, patient, staff = await _clinic(booking, accounts)
     await _arrange(database, provider, patient, ["booked"])
 
     response = await client.post("/v1/appointments/bulk", json=body, headers=staff.headers)
@@ -404,9 +406,7 @@ async def test_range_cancellation_is_one_statement_however_many_visits(
     accounts: Accounts,
     database: Database,
 ) -> None:
-    provider = await booking.provider()
-    patient = await accounts.create(Role.PATIENT)
-    staff = await accounts.create(Role.STAFF, clinic_id=provider.clinic_id)
+    provider, patient, staff = await _clinic(booking, accounts)
     await _arrange(database, provider, patient, ["booked"] * 3)
     await _arrange(database, provider, patient, ["booked"] * 300, first_hour=24 * 30)
     base = local_instant(next_local_day(provider.timezone), time(0, 0), provider.timezone)
@@ -451,9 +451,7 @@ async def test_range_cancellation_is_for_staff_of_the_clinic_and_admins(
 async def test_a_provider_who_left_can_still_have_their_visits_cancelled(
     client: httpx.AsyncClient, booking: Booking, accounts: Accounts, database: Database
 ) -> None:
-    provider = await booking.provider()
-    patient = await accounts.create(Role.PATIENT)
-    staff = await accounts.create(Role.STAFF, clinic_id=provider.clinic_id)
+    provider, patient, staff = await _clinic(booking, accounts)
     (visit,) = await _arrange(database, provider, patient, ["booked"])
     async with database.unit_of_work() as session:
         await session.execute(
@@ -514,9 +512,7 @@ async def test_bad_ranges_are_refused_and_cancel_nothing(
     status: int,
     code: str,
 ) -> None:
-    provider = await booking.provider()
-    patient = await accounts.create(Role.PATIENT)
-    staff = await accounts.create(Role.STAFF, clinic_id=provider.clinic_id)
+    provider, patient, staff = await _clinic(booking, accounts)
     (visit,) = await _arrange(database, provider, patient, ["booked"])
 
     response = await client.post(
@@ -530,9 +526,7 @@ async def test_bad_ranges_are_refused_and_cancel_nothing(
 async def test_every_staff_action_on_a_visit_is_audited_and_patients_actions_are_not(
     client: httpx.AsyncClient, booking: Booking, accounts: Accounts, database: Database
 ) -> None:
-    provider = await booking.provider()
-    patient = await accounts.create(Role.PATIENT)
-    staff = await accounts.create(Role.STAFF, clinic_id=provider.clinic_id)
+    provider, patient, staff = await _clinic(booking, accounts)
     day = next_local_day(provider.timezone)
     start = local_instant(day, time(9, 0), provider.timezone)
 
