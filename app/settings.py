@@ -47,6 +47,9 @@ class Settings(BaseSettings):
     cache_enabled: bool = True  # off: every read computes from PostgreSQL (benchmarks)
     redis_socket_timeout_seconds: float = Field(default=0.25, gt=0)
     redis_max_connections: int = Field(default=50, ge=1)
+    # How long a caller waits for a free pooled connection when all are busy (back-pressure,
+    # never counted as an outage); separate from the socket timeout, which detects one.
+    redis_pool_wait_seconds: float = Field(default=1.0, gt=0)
 
     # Auth (audit F17). The algorithm is pinned in app.kit.security, not configurable.
     jwt_secret: SecretStr = SecretStr(DEVELOPMENT_JWT_SECRET)

@@ -29,6 +29,7 @@ from redis.exceptions import RedisError
 
 from app.kit.events import Events
 from app.kit.metrics import CACHE_REQUESTS
+from app.kit.redis import PoolExhausted
 
 logger = logging.getLogger("carebook.cache")
 
@@ -44,18 +45,29 @@ return {version, redis.call('GET', ARGV[1] .. version .. ARGV[2])}
 """
 _LOCK_WAIT_SECONDS = 1.0
 _LOCK_POLL_SECONDS = 0.02
+_BUMP_POOL_ATTEMPTS = 3
 
 
 class RedisCircuit:
     """Opens after `threshold` consecutive failures; while open, Redis is not called at all.
-    After `cooldown` seconds one call is let through to probe whether Redis is back."""
+    After `cooldown` seconds one call is let through to probe whether Redis is back.
 
-    def __init__(self, threshold: int = 3, cooldown: float = 5.0) -> None:
+    An exhausted connection pool is not a failure: Redis answers, this process is merely asking
+    too much at once. It is counted apart and never opens the circuit. Failure warnings are
+    throttled, since under load every caller fails at once and each would log its own line."""
+
+    def __init__(
+        self, threshold: int = 3, cooldown: float = 5.0, warn_every_seconds: float = 10.0
+    ) -> None:
         self.threshold = threshold
         self.cooldown = cooldown
         self._failures = 0
         self._opened_at: float | None = None
         self.outages = 0  # times the circuit opened
+        self.exhaustions = 0  # calls that found the pool busy for its whole wait
+        self._warn_every = warn_every_seconds
+        self._last_warning: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
 
     @property
     def is_open(self) -> bool:
@@ -70,13 +82,30 @@ class RedisCircuit:
         self._failures = 0
         self._opened_at = None
 
-    def failed(self) -> None:
+    def failed(self, exc: BaseException, what: str = "redis call failed") -> None:
+        """Record a failed call: `what` names it in the (throttled) warning."""
+        if isinstance(exc, PoolExhausted):
+            self.exhaustions += 1
+            self.warn(f"{what}: the Redis pool stayed busy", exc)
+            return
+        self.warn(what, exc)
         self._failures += 1
         if self._failures >= self.threshold:
             if self._opened_at is None:
                 logger.warning("redis circuit opened: serving without Redis")
                 self.outages += 1
             self._opened_at = time.monotonic()
+
+    def warn(self, message: str, exc: BaseException) -> None:
+        """One warning per message per interval, carrying how many were held back since."""
+        now = time.monotonic()
+        last = self._last_warning.get(message)
+        if last is not None and now - last < self._warn_every:
+            self._suppressed[message] = self._suppressed.get(message, 0) + 1
+            return
+        self._last_warning[message] = now
+        suppressed = self._suppressed.pop(message, 0)
+        logger.warning(message, extra={"error": type(exc).__name__, "suppressed": suppressed})
 
 
 @dataclass
@@ -143,8 +172,7 @@ class Cache:
             await self._recover_if_needed()
             result = await operation()
         except (RedisError, OSError, TimeoutError) as exc:
-            self.circuit.failed()
-            logger.warning("redis call failed", extra={"error": type(exc).__name__})
+            self.circuit.failed(exc)
             return None
         self.circuit.succeeded()
         return result
@@ -260,18 +288,25 @@ class Cache:
                     pipe.expire(scope.version_key, 7 * 24 * 3600)
                 await pipe.execute()
 
-        # Attempted even with the circuit open: a missed bump is a stale value later.
-        try:
-            await incr()
-        except (RedisError, OSError, TimeoutError) as exc:
-            self.circuit.failed()
-            self._suspect_stale = True
-            logger.warning(
-                "cache version bump failed; the generation is bumped when Redis answers",
-                extra={"scopes": sorted(s.name for s in scopes), "error": type(exc).__name__},
-            )
-        else:
-            self.circuit.succeeded()
+        # Attempted even with the circuit open: a missed bump is a stale value later. A busy
+        # pool is waited for again (Redis is up; giving up would empty the whole cache through
+        # a generation bump), a few times before the bump is taken as lost.
+        for attempt in range(_BUMP_POOL_ATTEMPTS):
+            try:
+                await incr()
+            except PoolExhausted as exc:
+                self.circuit.failed(exc, "cache version bump waited")
+                if attempt + 1 < _BUMP_POOL_ATTEMPTS:
+                    continue
+                self._suspect_stale = True
+            except (RedisError, OSError, TimeoutError) as exc:
+                self.circuit.failed(
+                    exc, "cache version bump failed; the generation is bumped when Redis answers"
+                )
+                self._suspect_stale = True
+            else:
+                self.circuit.succeeded()
+            return
 
     async def get_many(self, name: str, keys: Sequence[str]) -> list[bytes | None]:
         """Plain values (no versioning) in one round trip; all None when Redis is away."""

@@ -165,11 +165,7 @@ class RateLimiter:
                 keys=[key], args=[policy.interval_ms, policy.burst]
             )
         except (RedisError, OSError, TimeoutError) as exc:
-            self.circuit.failed()
-            logger.warning(
-                "rate limiter: redis failed, limiting per process",
-                extra={"policy": policy.name, "error": type(exc).__name__, "detail": str(exc)},
-            )
+            self.circuit.failed(exc, "rate limiter: redis failed, limiting per process")
             return None
         self.circuit.succeeded()
         if allowed:

@@ -2,23 +2,46 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from fastapi import Request
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.connection import AbstractConnection
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from app.kit import telemetry
 from app.settings import Settings
 
 
+class PoolExhausted(RedisConnectionError):
+    """Every pooled connection stayed busy for the whole pool wait: back-pressure from this
+    process, not a sign that Redis is down, so no circuit counts it as a failure."""
+
+
+class WaitingPool(BlockingConnectionPool):
+    """A blocking pool whose exhaustion is told apart from an unreachable server."""
+
+    async def get_connection(self, *args: Any, **kwargs: Any) -> AbstractConnection:
+        try:
+            connection: AbstractConnection = await super().get_connection(*args, **kwargs)
+        except RedisConnectionError as exc:
+            # The only ConnectionError the pool raises from a timeout is its wait running out;
+            # a server that cannot be reached fails later, in ensure_connection.
+            if isinstance(exc.__cause__, asyncio.TimeoutError):
+                raise PoolExhausted("No pooled Redis connection became free in time.") from exc
+            raise
+        return connection
+
+
 def create_redis(url: str, settings: Settings) -> Redis:
-    # A blocking pool: with every connection in use, a caller waits (at most the socket timeout)
-    # for one to come back. The default pool raises ConnectionError at once, which the cache's
+    # A blocking pool: with every connection in use, a caller waits (up to the pool wait) for
+    # one to come back. The default pool raises ConnectionError at once, which the cache's
     # circuit took for an outage under load, bumping the generation and emptying the cache.
-    pool = BlockingConnectionPool.from_url(
+    pool = WaitingPool.from_url(
         url,
         max_connections=settings.redis_max_connections,
-        timeout=settings.redis_socket_timeout_seconds,
+        timeout=settings.redis_pool_wait_seconds,
         socket_timeout=settings.redis_socket_timeout_seconds,
         socket_connect_timeout=settings.redis_socket_timeout_seconds,
         health_check_interval=30,

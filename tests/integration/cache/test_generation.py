@@ -5,12 +5,14 @@ with 64 clients both emptied the cache over and over)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 
+import pytest
 from redis.asyncio import Redis
 
-from app.kit.cache import GENERATION_KEY, Cache, provider_scope
+from app.kit.cache import GENERATION_KEY, Cache, RedisCircuit, provider_scope
 from app.kit.db import Database
-from app.kit.redis import create_redis
+from app.kit.redis import PoolExhausted, create_redis
 from app.settings import Settings
 
 
@@ -61,3 +63,55 @@ async def test_an_exhausted_pool_is_waited_for_not_an_outage(
         assert cache.circuit.outages == 0
     finally:
         await redis.aclose()
+
+
+async def test_a_pool_that_stays_busy_is_not_counted_against_the_circuit(
+    settings: Settings, database: Database
+) -> None:
+    assert settings.redis_url is not None
+    one = settings.model_copy(update={"redis_max_connections": 1, "redis_pool_wait_seconds": 0.01})
+    redis: Redis = create_redis(settings.redis_url, one)
+    held = await redis.connection_pool.get_connection()  # the only connection, kept busy
+    try:
+        cache = Cache(redis)
+        for i in range(cache.circuit.threshold * 3):
+            value = await cache.get_or_compute(
+                "availability", provider_scope(f"busy{i}"), "k", _value, ttl_seconds=60
+            )
+            assert value == b"computed"  # served from the computation, as without Redis
+        assert cache.circuit.exhaustions >= cache.circuit.threshold * 3
+        assert cache.circuit.outages == 0
+        assert not cache.circuit.is_open
+        assert not cache._suspect_stale  # nothing was missed: no generation bump follows
+    finally:
+        await redis.connection_pool.release(held)
+        await redis.aclose()
+
+
+async def test_a_bump_that_never_gets_a_connection_is_made_good_by_the_generation(
+    settings: Settings, database: Database
+) -> None:
+    assert settings.redis_url is not None
+    one = settings.model_copy(update={"redis_max_connections": 1, "redis_pool_wait_seconds": 0.01})
+    redis: Redis = create_redis(settings.redis_url, one)
+    held = await redis.connection_pool.get_connection()
+    try:
+        cache = Cache(redis)
+        await cache.bump(provider_scope("busy"))
+        assert cache._suspect_stale  # the bump may be lost: the next contact bumps the generation
+        assert cache.circuit.outages == 0
+    finally:
+        await redis.connection_pool.release(held)
+        await redis.aclose()
+
+
+async def test_failure_warnings_are_throttled(caplog: pytest.LogCaptureFixture) -> None:
+    circuit = RedisCircuit(threshold=1_000)
+    with caplog.at_level(logging.WARNING, logger="carebook.cache"):
+        for _ in range(200):
+            circuit.failed(PoolExhausted("busy"), "cache lookup")
+            circuit.failed(TimeoutError(), "cache lookup")
+    messages = [record.getMessage() for record in caplog.records]
+    assert messages.count("cache lookup: the Redis pool stayed busy") == 1
+    assert messages.count("cache lookup") == 1
+    assert circuit.exhaustions == 200
