@@ -65,6 +65,7 @@ class RedisCircuit:
         self._opened_at: float | None = None
         self.outages = 0  # times the circuit opened
         self.exhaustions = 0  # calls that found the pool busy for its whole wait
+        self.failures_total = 0  # calls that reached for Redis and failed
         self._warn_every = warn_every_seconds
         self._last_warning: dict[str, float] = {}
         self._suppressed: dict[str, int] = {}
@@ -89,6 +90,7 @@ class RedisCircuit:
             self.warn(f"{what}: the Redis pool stayed busy", exc)
             return
         self.warn(what, exc)
+        self.failures_total += 1
         self._failures += 1
         if self._failures >= self.threshold:
             if self._opened_at is None:
