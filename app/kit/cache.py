@@ -26,6 +26,7 @@ from typing import Annotated, Any, TypeVar
 from fastapi import Depends, Request
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from app.kit.events import Events
 from app.kit.metrics import CACHE_REQUESTS
@@ -45,7 +46,7 @@ return {version, redis.call('GET', ARGV[1] .. version .. ARGV[2])}
 """
 _LOCK_WAIT_SECONDS = 1.0
 _LOCK_POLL_SECONDS = 0.02
-_BUMP_POOL_ATTEMPTS = 3
+_BUMP_ATTEMPTS = 3
 
 
 class RedisCircuit:
@@ -290,25 +291,29 @@ class Cache:
                     pipe.expire(scope.version_key, 7 * 24 * 3600)
                 await pipe.execute()
 
-        # Attempted even with the circuit open: a missed bump is a stale value later. A busy
-        # pool is waited for again (Redis is up; giving up would empty the whole cache through
-        # a generation bump), a few times before the bump is taken as lost.
-        for attempt in range(_BUMP_POOL_ATTEMPTS):
+        # Attempted even with the circuit open: a missed bump is a stale value later, in every
+        # process. So a bump is tried again, up to a few times, when it failed for a reason that
+        # does not mean Redis is down: a busy pool (Redis is up, this process is asking too
+        # much), or a timeout while the circuit is closed (a starved machine is likelier than an
+        # outage). Repeating an INCR that did land is harmless: only the change counts.
+        retry_timeouts = not self.circuit.is_open
+        for attempt in range(1, _BUMP_ATTEMPTS + 1):
             try:
                 await incr()
             except PoolExhausted as exc:
                 self.circuit.failed(exc, "cache version bump waited")
-                if attempt + 1 < _BUMP_POOL_ATTEMPTS:
-                    continue
-                self._suspect_stale = True
             except (RedisError, OSError, TimeoutError) as exc:
                 self.circuit.failed(
                     exc, "cache version bump failed; the generation is bumped when Redis answers"
                 )
-                self._suspect_stale = True
+                if not (retry_timeouts and isinstance(exc, (RedisTimeoutError, TimeoutError))):
+                    self._suspect_stale = True
+                    return
             else:
                 self.circuit.succeeded()
-            return
+                return
+            if attempt == _BUMP_ATTEMPTS:
+                self._suspect_stale = True
 
     async def get_many(self, name: str, keys: Sequence[str]) -> list[bytes | None]:
         """Plain values (no versioning) in one round trip; all None when Redis is away."""

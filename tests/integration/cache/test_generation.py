@@ -14,6 +14,7 @@ from app.kit.cache import GENERATION_KEY, Cache, RedisCircuit, provider_scope
 from app.kit.db import Database
 from app.kit.redis import PoolExhausted, create_redis
 from app.settings import Settings
+from tests.fixtures.redis_proxy import Mode, running_redis_proxy
 
 
 async def _value() -> bytes:
@@ -115,3 +116,22 @@ async def test_failure_warnings_are_throttled(caplog: pytest.LogCaptureFixture) 
     assert messages.count("cache lookup: the Redis pool stayed busy") == 1
     assert messages.count("cache lookup") == 1
     assert circuit.exhaustions == 200
+
+
+@pytest.mark.parametrize(("mode", "attempts"), [("hang", 3), ("refuse", 1)])
+async def test_a_bump_retries_timeouts_but_not_a_refusal(
+    settings: Settings, database: Database, mode: Mode, attempts: int
+) -> None:
+    """A timeout with the circuit closed is likelier a starved machine than an outage, and a
+    lost bump costs every process a stale value: it is tried again. A refusal is an outage."""
+    assert settings.redis_url is not None
+    async with running_redis_proxy(settings.redis_url) as proxy:
+        redis = create_redis(proxy.url, settings)
+        try:
+            cache = Cache(redis)
+            await proxy.set_mode(mode)
+            await cache.bump(provider_scope("unlucky"))
+            assert cache.circuit.failures_total == attempts
+            assert cache._suspect_stale
+        finally:
+            await redis.aclose()
