@@ -72,7 +72,7 @@ async def test_a_hung_call_fails_within_the_read_timeout(fake: FakeVideoSdk) -> 
 
 async def test_a_hung_service_fills_only_its_own_bulkhead(fake: FakeVideoSdk) -> None:
     settings = fast_settings(
-        http_read_timeout_seconds=5.0, bulkhead_limit=1, bulkhead_wait_seconds=0.05
+        http_read_timeout_seconds=120.0, bulkhead_limit=1, bulkhead_wait_seconds=0.05
     )
     async with FakeFcm(access_token="fcm-access-token") as fcm_fake:
         settings = settings.model_copy(
@@ -81,18 +81,18 @@ async def test_a_hung_service_fills_only_its_own_bulkhead(fake: FakeVideoSdk) ->
         async with VideoSdk(settings) as video, Fcm(settings) as fcm:
             fake.hang_next(times=None)
             hung = asyncio.create_task(video.create_room("appointment-hung"))
-            async with asyncio.timeout(2):
+            async with asyncio.timeout(30):
                 await fake.wait_for_calls(1)
 
             # The one VideoSDK slot is taken: the next VideoSDK call is refused (after the
-            # bulkhead wait, not the 5 s read timeout) ...
-            async with asyncio.timeout(4):
+            # bulkhead wait, not the 120 s read timeout) ...
+            async with asyncio.timeout(30):
                 with pytest.raises(BulkheadFull):
                     await video.create_room("appointment-other")
             assert len(fake.calls) == 1  # ... without reaching VideoSDK
 
             # ... and FCM, with its own bulkhead, is served while VideoSDK still hangs.
-            async with asyncio.timeout(4):
+            async with asyncio.timeout(30):
                 result = await fcm.send("device-1", "Booked", "See you soon")
             assert result.sent
             assert not hung.done()
@@ -253,7 +253,7 @@ async def test_cancelling_a_call_propagates_and_frees_its_slot(fake: FakeVideoSd
         fake, "cancel", http_read_timeout_seconds=5.0, bulkhead_limit=1, breaker_fail_max=1
     ) as client:
         task = asyncio.create_task(create(client))
-        async with asyncio.timeout(2):
+        async with asyncio.timeout(30):
             await fake.wait_for_calls(1)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
