@@ -2036,6 +2036,24 @@ def render_comparison(previous: Mapping[str, Any], current: Mapping[str, Any]) -
             )
     if rows:
         lines += ["", "| ratio (median within rounds) | before → after |", "| --- | ---: |", *rows]
+
+    def targets(document: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+        return {t["target"]: t for t in document.get("targets", [])}
+
+    def status(target: Mapping[str, Any] | None) -> str:
+        if target is None or target.get("met") is None:
+            return "-"
+        return f"{target['measured']} ({'met' if target['met'] else 'missed'})"
+
+    before_targets, after_targets = targets(previous), targets(current)
+    names = list(after_targets) + [t for t in before_targets if t not in after_targets]
+    judged = [
+        f"| {name} | {status(before_targets.get(name))} | {status(after_targets.get(name))} |"
+        for name in names
+        if status(before_targets.get(name)) != "-" or status(after_targets.get(name)) != "-"
+    ]
+    if judged:
+        lines += ["", "| target | before | after |", "| --- | --- | --- |", *judged]
     lines.append("")
     return lines
 

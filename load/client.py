@@ -814,9 +814,7 @@ class _OpenLoop:
             self.dropped += item[0] >= self.warm  # never sent: the run's time is up
         if not self.dispatching:
             return None
-        waiter: asyncio.Future[tuple[int, int] | None] = (
-            asyncio.get_running_loop().create_future()
-        )
+        waiter: asyncio.Future[tuple[int, int] | None] = asyncio.get_running_loop().create_future()
         self.idle.append(waiter)
         return await waiter
 
