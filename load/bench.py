@@ -2,13 +2,18 @@
 
     python -m load.bench --database-url URL --redis-url URL [--workers 1] [--duration 15]
         [--concurrency 64] [--max-requests N] [--scenario NAME ...] [--repeat 1]
-        [--report docs/benchmarks.md] [--smoke]
+        [--db-latency-ms 0,0.5] [--open-loop-rates 500,1000] [--results FILE.json]
+        [--compare PREVIOUS.json] [--report docs/benchmarks.md] [--smoke]
 
 For every scenario run a fresh uvicorn subprocess is started on a free port of 127.0.0.1 with
 Carebook's production settings (or the constant-JSON baseline with the same uvicorn flags), the
 runner waits for `/health/ready`, scrapes `/metrics` before and after the load to compute the
 cache hit rate, and stops the server (SIGINT, then SIGKILL after a deadline) whatever happens.
 With `--repeat N` all scenarios run in N interleaved rounds and the report quotes medians.
+`--db-latency-ms` runs the anti-pattern comparisons again with PostgreSQL behind a proxy that
+delays each direction (load/latency_proxy.py); `--open-loop-rates` runs `mixed` at constant
+arrival rates; `--results` writes the medians as JSON, and `--compare` puts a previous run's
+JSON next to them (a before/after table).
 The database must already be migrated and seeded; see load/README.md.
 """
 
@@ -31,11 +36,11 @@ import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import asynccontextmanager, suppress
-from dataclasses import dataclass, field, replace
+from contextlib import AsyncExitStack, asynccontextmanager, suppress
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 from urllib.parse import urlsplit, urlunsplit
 
 from load import prepare
@@ -44,6 +49,8 @@ from load.client import (
     LatencySummary,
     LoadPlan,
     LoadResult,
+    OpenLoopPlan,
+    OpenLoopResult,
     build_request,
     cycle_requests,
     fetch,
@@ -51,7 +58,9 @@ from load.client import (
     new_event_loop,
     run_calls,
     run_load,
+    run_open_loop,
 )
+from load.latency_proxy import ProxyProcess, ProxyStats, proxy_process
 from load.scenarios import (
     SCALE_SCENARIOS,
     SCENARIOS,
@@ -83,6 +92,22 @@ SMOKE = {
     "contention_slots": 2,
 }
 BURST_LIMIT_S = 30.0  # one contention burst (every client once) must end within this
+# What runs again behind the latency proxy: the scenarios compared with a baseline that talks to
+# PostgreSQL (the anti-patterns and the raw asyncpg floors), and those baselines.
+LATENCY_SCENARIOS = (
+    "availability-cold",
+    "booking",
+    "contention",
+    "listing",
+    "raw-availability",
+    "raw-booking",
+    "naive-listing",
+    "naive-availability",
+    "naive-contention",
+)
+OPEN_LOOP_SCENARIO = "mixed"  # the audits' rates are the mixed workload's
+OPEN_LOOP_MAX_CONNECTIONS = 512
+RESULTS_FORMAT = "carebook-load-results/1"
 _CACHE_SAMPLE = re.compile(
     r"^carebook_cache_requests_total\{(?P<labels>[^}]*)\}\s+(?P<value>\S+)", re.MULTILINE
 )
@@ -107,6 +132,18 @@ class BenchConfig:
     contention_slots: int = 5  # slots fought over, one burst each
     scale_database_url: str | None = None  # a larger dataset for the scale check
     server_settings: tuple[tuple[str, str], ...] = ()  # extra CAREBOOK_* for Carebook (A/B runs)
+    # Each value > 0 runs `latency_scenarios` again with PostgreSQL behind the latency proxy,
+    # each direction delayed by that many ms; the main run is always direct (0).
+    db_latencies_ms: tuple[float, ...] = (0.0,)
+    latency_scenarios: tuple[str, ...] = LATENCY_SCENARIOS
+    open_loop_rates: tuple[float, ...] = ()  # `mixed` at these constant arrival rates
+    open_loop_max_connections: int = OPEN_LOOP_MAX_CONNECTIONS
+    compare: Path | None = None  # a previous run's results JSON, for the before/after table
+    results: Path | None = None  # where to write this run's results JSON
+
+    @property
+    def proxied_latencies(self) -> tuple[float, ...]:
+        return tuple(ms for ms in self.db_latencies_ms if ms > 0)
 
     def plan(
         self, port: int, *, budget: int | None = None, expected: frozenset[int] = frozenset()
@@ -117,6 +154,25 @@ class BenchConfig:
             duration_s=self.duration_s,
             max_requests=min(self.max_requests, budget or self.max_requests),
             warmup_s=self.warmup_s,
+            expected_statuses=expected,
+        )
+
+    def open_loop(
+        self,
+        port: int,
+        rate: float,
+        *,
+        budget: int | None = None,
+        expected: frozenset[int] = frozenset(),
+    ) -> OpenLoopPlan:
+        return OpenLoopPlan(
+            port=port,
+            rate=rate,
+            duration_s=self.duration_s,
+            max_requests=min(self.max_requests, budget or self.max_requests),
+            warmup_s=self.warmup_s,
+            connections=min(self.concurrency, self.open_loop_max_connections),
+            max_connections=self.open_loop_max_connections,
             expected_statuses=expected,
         )
 
@@ -155,6 +211,29 @@ class ScenarioRun:
     skipped: str | None = None  # why the scenario did not run (its endpoint is absent)
     notes: tuple[str, ...] = ()  # what its setup prepared
     in_process: bool = False  # a baseline run inside the runner: generator CPU is all its work
+    db_latency_ms: float = 0.0  # each direction to PostgreSQL delayed by this (the proxy)
+    proxy: ProxyStats | None = None  # what the proxy forwarded during the run
+    proxy_cpu_s: float | None = None
+    open_loop: OpenLoopResult | None = None  # a constant-arrival-rate run
+
+    @property
+    def rate(self) -> float | None:
+        return self.open_loop.rate if self.open_loop is not None else None
+
+    @property
+    def variant(self) -> str:
+        """How the run differs from the main one: `db +0.5 ms`, `open loop 500/s`, or ``."""
+        parts = []
+        if self.db_latency_ms:
+            parts.append(f"db +{self.db_latency_ms:g} ms")
+        if self.open_loop is not None:
+            parts.append(f"open loop {self.open_loop.rate:g}/s")
+        return ", ".join(parts)
+
+    @property
+    def key(self) -> tuple[str, str, float, float]:
+        """What repeated runs of the same thing share (rounds are grouped by it)."""
+        return (self.scenario, self.dataset, self.db_latency_ms, self.rate or 0.0)
 
 
 def hit_rate(before: Mapping[str, float], after: Mapping[str, float]) -> float | None:
@@ -173,6 +252,7 @@ class BenchReport:
     machine: str = ""
     rounds: list[list[ScenarioRun]] = field(default_factory=list)
     scale_dataset: Dataset | None = None
+    previous: dict[str, Any] | None = None  # a previous run's results (`--compare`)
 
 
 # --- the server under test -------------------------------------------------------------------
@@ -553,15 +633,44 @@ def _setup(config: BenchConfig, dataset: Dataset, port: int, database_url: str) 
     )
 
 
+def via_proxy(database_url: str, port: int) -> str:
+    """The database URL with its host and port replaced by the latency proxy's."""
+    parts = urlsplit(database_url)
+    if parts.hostname not in {LOOPBACK, "localhost"}:
+        raise ValueError(
+            f"--db-latency-ms needs PostgreSQL on {LOOPBACK} (the proxy only uses loopback)"
+        )
+    userinfo, at, _ = parts.netloc.rpartition("@")
+    return urlunsplit(parts._replace(netloc=f"{userinfo}{at}{LOOPBACK}:{port}"))
+
+
+def database_port(database_url: str) -> int:
+    return urlsplit(database_url).port or 5432
+
+
+def proxy_delta(before: ProxyStats, after: ProxyStats) -> ProxyStats:
+    """What the proxy forwarded between two snapshots (its lateness is already per snapshot)."""
+    return replace(
+        after,
+        connections=after.connections - before.connections,
+        chunks=after.chunks - before.chunks,
+        bytes=after.bytes - before.bytes,
+    )
+
+
 async def run_scenario(
     scenario: Scenario,
     config: BenchConfig,
     dataset: Dataset,
     *,
     profile_to: Path | None = None,
+    proxy: ProxyProcess | None = None,
+    rate: float | None = None,
 ) -> ScenarioRun:
     """Start the scenario's server (on a scratch copy if it writes), prepare and load it,
-    measure it and stop it. In-process baselines run in this process, without a server."""
+    measure it and stop it. In-process baselines run in this process, without a server.
+    With a `proxy`, the server (or the baseline) and the setup reach PostgreSQL through it;
+    with a `rate`, the load is open-loop at that rate."""
     workers = config.workers_for(scenario)
     if scenario.route is not None and not route_present(scenario.route):
         return ScenarioRun(
@@ -573,14 +682,25 @@ async def run_scenario(
             skipped=f"`{scenario.route[1]}` is not in this build",
         )
     async with _database_for(scenario, dataset) as database_url:
+        served_url = database_url if proxy is None else via_proxy(database_url, proxy.port)
+        proxy_before = await proxy.stats() if proxy is not None else None
+        proxy_cpu = process_cpu_seconds(proxy.process.pid) if proxy is not None else None
         if scenario.target == "in-process":
-            return await _run_in_process(scenario, config, dataset, database_url)
-        since = await prepare.database_now(database_url)
-        run, workload = await _run_served(
-            scenario, config, dataset, database_url, workers, profile_to
-        )
-        if workload.logged_in and not scenario.scratch:
-            await prepare.forget_logins(database_url, workload.logged_in, since)
+            run = await _run_in_process(scenario, config, dataset, served_url)
+        else:
+            since = await prepare.database_now(database_url)
+            run, workload = await _run_served(
+                scenario, config, dataset, served_url, workers, profile_to, rate
+            )
+            if workload.logged_in and not scenario.scratch:
+                await prepare.forget_logins(database_url, workload.logged_in, since)
+        if proxy is not None and proxy_before is not None:
+            run = replace(
+                run,
+                db_latency_ms=proxy.delay_ms,
+                proxy=proxy_delta(proxy_before, await proxy.stats()),
+                proxy_cpu_s=_difference(proxy_cpu, process_cpu_seconds(proxy.process.pid)),
+            )
         return run
 
 
@@ -617,6 +737,7 @@ async def _run_served(
     database_url: str,
     workers: int,
     profile_to: Path | None,
+    rate: float | None = None,
 ) -> tuple[ScenarioRun, Workload]:
     # The naive booking endpoint (and its unconstrained table) only on a scratch copy.
     naive_table = scenario.target == "naive" and scenario.scratch
@@ -662,6 +783,7 @@ async def _run_served(
         log_from = server.log_offset()
         minute_before = datetime.now(UTC).replace(second=0, microsecond=0)
         contention = None
+        open_run = None
         try:
             if workload.bursts:
                 results = []
@@ -672,6 +794,13 @@ async def _run_served(
                 winners = tuple(r.statuses.get(201, 0) for r in results)
                 if workload.after is not None:
                     contention = await workload.after(winners)
+            elif rate is not None:
+                assert workload.factory is not None
+                open_plan = config.open_loop(
+                    server.port, rate, budget=workload.budget, expected=workload.expected_statuses
+                )
+                open_run = await run_open_loop(open_plan, workload.factory)
+                result = open_run.result
             else:
                 assert workload.factory is not None
                 plan = config.plan(
@@ -714,6 +843,7 @@ async def _run_served(
         dataset=dataset.label,
         contention=contention,
         notes=tuple(workload.notes),
+        open_loop=open_run,
     )
     return run, workload
 
@@ -731,33 +861,85 @@ async def run_bench(config: BenchConfig, *, dataset: Dataset | None = None) -> B
         commit=await asyncio.to_thread(commit_summary),
         machine=await asyncio.to_thread(machine_summary),
     )
-    plan: list[tuple[str, Dataset]] = [(name, report.dataset) for name in config.scenarios]
+    if config.compare is not None:
+        report.previous = load_results(config.compare)
+    jobs = [Job(name, report.dataset) for name in config.scenarios]
     if config.scale_database_url:
         report.scale_dataset = await load_dataset(config.scale_database_url)
-        plan += [
-            (name, report.scale_dataset) for name in SCALE_SCENARIOS if name in config.scenarios
+        jobs += [
+            Job(name, report.scale_dataset) for name in SCALE_SCENARIOS if name in config.scenarios
         ]
-    for round_number in range(1, config.repeat + 1):
-        runs = []
-        for name, on in plan:
-            label = name if on is report.dataset else f"{name} @ {on.label}"
-            _say(f"round {round_number}/{config.repeat}: {label} ...")
-            profile_to = None
-            if config.profile_dir is not None and round_number == 1 and on is report.dataset:
-                config.profile_dir.mkdir(parents=True, exist_ok=True)
-                profile_to = config.profile_dir / f"{name}.txt"
-            run = await run_scenario(SCENARIOS[name], config, on, profile_to=profile_to)
-            if run.skipped:
-                _say(f"  skipped: {run.skipped}")
-            else:
-                _say(
-                    f"  {run.result.throughput:,.0f} req/s, p99 {run.result.latency.p99:.1f} ms, "
-                    f"errors {run.result.error_summary()}"
-                    + (f", rows per slot {run.contention.rows}" if run.contention else "")
+    for ms in config.proxied_latencies:
+        jobs += [
+            Job(name, report.dataset, latency_ms=ms)
+            for name in config.scenarios
+            if name in config.latency_scenarios
+        ]
+    if OPEN_LOOP_SCENARIO in config.scenarios:
+        jobs += [
+            Job(OPEN_LOOP_SCENARIO, report.dataset, rate=rate) for rate in config.open_loop_rates
+        ]
+    async with AsyncExitStack() as stack:
+        proxies: dict[float, ProxyProcess] = {}
+        for ms in sorted({job.latency_ms for job in jobs if job.latency_ms > 0}):
+            proxies[ms] = await stack.enter_async_context(
+                proxy_process(database_port(config.database_url), ms)
+            )
+        for round_number in range(1, config.repeat + 1):
+            runs = []
+            for job in jobs:
+                _say(f"round {round_number}/{config.repeat}: {job.label(report.dataset)} ...")
+                profile_to = None
+                if (
+                    config.profile_dir is not None
+                    and round_number == 1
+                    and job.main(report.dataset)
+                ):
+                    config.profile_dir.mkdir(parents=True, exist_ok=True)
+                    profile_to = config.profile_dir / f"{job.name}.txt"
+                run = await run_scenario(
+                    SCENARIOS[job.name],
+                    config,
+                    job.dataset,
+                    profile_to=profile_to,
+                    proxy=proxies.get(job.latency_ms),
+                    rate=job.rate,
                 )
-            runs.append(run)
-        report.rounds.append(runs)
+                if run.skipped:
+                    _say(f"  skipped: {run.skipped}")
+                else:
+                    _say(
+                        f"  {run.result.throughput:,.0f} req/s, "
+                        f"p99 {run.result.latency.p99:.1f} ms, "
+                        f"errors {run.result.error_summary()}"
+                        + (f", rows per slot {run.contention.rows}" if run.contention else "")
+                        + (f", dropped {run.open_loop.dropped}" if run.open_loop else "")
+                    )
+                runs.append(run)
+            report.rounds.append(runs)
     return report
+
+
+@dataclass(frozen=True)
+class Job:
+    """One scenario run of a round: on which dataset, at which database latency, open-loop
+    at which rate."""
+
+    name: str
+    dataset: Dataset
+    latency_ms: float = 0.0
+    rate: float | None = None
+
+    def main(self, main: Dataset) -> bool:
+        return self.dataset is main and not self.latency_ms and self.rate is None
+
+    def label(self, main: Dataset) -> str:
+        parts = [] if self.dataset is main else [self.dataset.label]
+        if self.latency_ms:
+            parts.append(f"db +{self.latency_ms:g} ms")
+        if self.rate is not None:
+            parts.append(f"open loop {self.rate:g}/s")
+        return f"{self.name} @ {', '.join(parts)}" if parts else self.name
 
 
 def _say(message: str) -> None:
@@ -859,7 +1041,16 @@ SCALE_FACTOR = 1.5
 
 
 def _label(run: ScenarioRun, main: str) -> str:
-    return run.scenario if run.dataset in ("", main) else f"{run.scenario} @ {run.dataset}"
+    """`listing`, `listing @ 10 M`, `listing @ db +0.5 ms`, `mixed @ open loop 500/s`."""
+    parts = [] if run.dataset in ("", main) else [run.dataset]
+    if run.variant:
+        parts.append(run.variant)
+    return f"{run.scenario} @ {', '.join(parts)}" if parts else run.scenario
+
+
+def _is_main(run: ScenarioRun, main: str) -> bool:
+    """A run of the main dataset, database direct, closed loop."""
+    return run.dataset in ("", main) and not run.variant
 
 
 def _notes(run: ScenarioRun) -> str:
@@ -886,6 +1077,21 @@ def _notes(run: ScenarioRun) -> str:
             notes.append(f"answers {answers}")
     if run.profile is not None:
         notes.append("py-spy attached")
+    if run.proxy is not None:
+        proxy = run.proxy
+        notes.append(
+            f"PostgreSQL through the latency proxy, +{run.db_latency_ms:g} ms each way: "
+            f"{proxy.chunks:,} chunks forwarded {proxy.lateness_p50_us:.0f} µs (p50), "
+            f"{proxy.lateness_p99_us:.0f} µs (p99) after they were due"
+            + (f", proxy CPU {run.proxy_cpu_s:.1f} s" if run.proxy_cpu_s is not None else "")
+        )
+    if run.open_loop is not None:
+        o = run.open_loop
+        notes.append(
+            f"open loop at {o.rate:g} req/s: {o.scheduled:,} scheduled, {o.late:,} late, "
+            f"{o.waited:,} waited for a connection, {o.dropped:,} dropped; connections "
+            f"{o.initial_connections} → {o.peak_connections}"
+        )
     if run.server_log:
         ranked = sorted(run.server_log.items(), key=lambda item: -item[1])
         shown = ", ".join(f"{message!r} x{n}" for message, n in ranked[:3])
@@ -926,7 +1132,7 @@ def _row(
         _ms(r.latency.p99),
         _ms(r.latency.max),
         r.error_summary(),
-        _versus(run, table or {}) if run.dataset in ("", main) else "-",
+        _versus(run, table or {}) if run.dataset in ("", main) and run.rate is None else "-",
         (verdicts or {}).get(label, "-"),
         f"{r.cpu_s:.1f}",
         _cpu(run.server_cpu_s),
@@ -1005,6 +1211,9 @@ def median_run(runs: Sequence[ScenarioRun]) -> ScenarioRun:
             winners=tuple(w for c in fights for w in c.winners),
             rows=tuple(n for c in fights for n in c.rows),
         )
+    proxies = [run.proxy for run in runs if run.proxy is not None]
+    proxy_cpus = [run.proxy_cpu_s for run in runs if run.proxy_cpu_s is not None]
+    open_loops = [run.open_loop for run in runs if run.open_loop is not None]
     return ScenarioRun(
         first.scenario,
         first.workers,
@@ -1019,6 +1228,51 @@ def median_run(runs: Sequence[ScenarioRun]) -> ScenarioRun:
         contention=contention,
         notes=first.notes,
         in_process=first.in_process,
+        db_latency_ms=first.db_latency_ms,
+        proxy=_median_proxy(proxies) if proxies else None,
+        proxy_cpu_s=_median(proxy_cpus) if proxy_cpus else None,
+        open_loop=_median_open_loop(open_loops, result) if open_loops else None,
+    )
+
+
+def _median_latency(summaries: Sequence[LatencySummary]) -> LatencySummary:
+    return LatencySummary(
+        p50=_median([s.p50 for s in summaries]),
+        p95=_median([s.p95 for s in summaries]),
+        p99=_median([s.p99 for s in summaries]),
+        max=_median([s.max for s in summaries]),
+        mean=_median([s.mean for s in summaries]),
+    )
+
+
+def _median_proxy(stats: Sequence[ProxyStats]) -> ProxyStats:
+    """Counts added up, lateness percentiles the median of the runs', the maximum the max."""
+    return ProxyStats(
+        connections=sum(s.connections for s in stats),
+        chunks=sum(s.chunks for s in stats),
+        bytes=sum(s.bytes for s in stats),
+        max_queued=max(s.max_queued for s in stats),
+        late_chunks=sum(s.late_chunks for s in stats),
+        lateness_p50_us=_median([s.lateness_p50_us for s in stats]),
+        lateness_p99_us=_median([s.lateness_p99_us for s in stats]),
+        lateness_max_us=max(s.lateness_max_us for s in stats),
+    )
+
+
+def _median_open_loop(runs: Sequence[OpenLoopResult], result: LoadResult) -> OpenLoopResult:
+    """Like the other columns: percentiles the median of the rounds', counts added up (the
+    drops of every round count), connections the most any round opened."""
+    return OpenLoopResult(
+        rate=runs[0].rate,
+        result=result,
+        scheduled=sum(r.scheduled for r in runs),
+        dropped=sum(r.dropped for r in runs),
+        late=sum(r.late for r in runs),
+        waited=sum(r.waited for r in runs),
+        initial_connections=runs[0].initial_connections,
+        peak_connections=max(r.peak_connections for r in runs),
+        send_lag=_median_latency([r.send_lag for r in runs]),
+        service=_median_latency([r.service for r in runs]),
     )
 
 
@@ -1035,18 +1289,47 @@ RATIOS = (
 )
 
 
-def _main_runs(report: BenchReport, runs: Sequence[ScenarioRun]) -> dict[str, ScenarioRun]:
+# The ratios that compare a scenario with a baseline that talks to PostgreSQL: what the latency
+# proxy changes (the anti-patterns' round trips, and the raw asyncpg floors').
+LATENCY_RATIOS = tuple(
+    ratio for ratio in RATIOS if ratio[1] in LATENCY_SCENARIOS and ratio[2] in LATENCY_SCENARIOS
+)
+ANTI_PATTERNS = (
+    ("listing", "listing ÷ naive-listing"),
+    ("availability-cold", "availability-cold ÷ naive-availability"),
+    ("contention", "contention ÷ naive-contention"),
+)
+
+
+def _main_runs(
+    report: BenchReport, runs: Sequence[ScenarioRun], latency_ms: float = 0.0
+) -> dict[str, ScenarioRun]:
+    """The runs of the main dataset, closed loop, at one database latency, by scenario."""
     main = report.dataset.label
-    return {r.scenario: r for r in runs if r.dataset in ("", main) and not r.skipped}
+    return {
+        r.scenario: r
+        for r in runs
+        if r.dataset in ("", main)
+        and r.open_loop is None
+        and r.db_latency_ms == latency_ms
+        and not r.skipped
+    }
 
 
-def ratios(report: BenchReport) -> list[tuple[str, list[float]]]:
-    """Throughput ratios measured within each round (rounds missing a side are skipped)."""
+def ratios(
+    report: BenchReport,
+    latency_ms: float = 0.0,
+    which: Sequence[tuple[str, str, str]] = RATIOS,
+) -> list[tuple[str, list[float]]]:
+    """Throughput ratios measured within each round (rounds missing a side are skipped), of
+    the runs at one database latency (0: the main, direct runs)."""
     found = []
-    for label, top, bottom in RATIOS:
+    for label, top, bottom in which:
         values = []
         for runs in report.rounds:
-            by_name = {n: r.result.throughput for n, r in _main_runs(report, runs).items()}
+            by_name = {
+                n: r.result.throughput for n, r in _main_runs(report, runs, latency_ms).items()
+            }
             if by_name.get(top) and by_name.get(bottom):
                 values.append(by_name[top] / by_name[bottom])
         if values:
@@ -1095,6 +1378,7 @@ _SHORT = {
     "contention ≥": "≥ 20 x anti-pattern",
     "availability-cold at": "≤ 1.5 x smaller dataset",
     "listing at": "≤ 1.5 x smaller dataset",
+    "mixed at": "p95 ≤ 40 ms, p99 ≤ 100 ms, rate kept",
 }
 
 
@@ -1116,12 +1400,18 @@ def verdicts(report: BenchReport) -> list[Verdict]:
     """Issue 8's targets, from the medians (ratios: the median of within-round ratios)."""
     medians = median_table(report)
     main = report.dataset.label
-    table = {n: r for (n, d), r in medians.items() if d == main and not r.skipped}
+    table = {r.scenario: r for r in medians.values() if _is_main(r, main) and not r.skipped}
     found = dict(ratios(report))
     out: list[Verdict] = []
 
-    def ratio_target(text: str, label: str, scenario: str, floor: float) -> None:
-        values = found.get(label)
+    def ratio_target(
+        text: str,
+        label: str,
+        scenario: str,
+        floor: float,
+        measured: Mapping[str, list[float]] = found,
+    ) -> None:
+        values = measured.get(label)
         if not values:
             out.append(Verdict(text, scenario, "-", None))
             return
@@ -1204,17 +1494,27 @@ def verdicts(report: BenchReport) -> list[Verdict]:
                 f"{errors} errors",
             )
         )
-    for name, label in (
-        ("listing", "listing ÷ naive-listing"),
-        ("availability-cold", "availability-cold ÷ naive-availability"),
-        ("contention", "contention ÷ naive-contention"),
-    ):
+    for name, label in ANTI_PATTERNS:
         ratio_target(
             f"{name} ≥ {ANTI_PATTERN_FACTOR:g}x its anti-pattern's throughput",
             label,
             name,
             ANTI_PATTERN_FACTOR,
         )
+    for ms in report.config.proxied_latencies:
+        at_latency = dict(ratios(report, ms, LATENCY_RATIOS))
+        for name, label in ANTI_PATTERNS:
+            ratio_target(
+                f"{name} ≥ {ANTI_PATTERN_FACTOR:g}x its anti-pattern's throughput, "
+                f"database +{ms:g} ms each way",
+                label,
+                f"{name} @ db +{ms:g} ms",
+                ANTI_PATTERN_FACTOR,
+                at_latency,
+            )
+    for run in medians.values():
+        if run.open_loop is not None and not run.skipped and run.dataset in ("", main):
+            out.append(open_loop_verdict(run))
     naive = table.get("naive-contention")
     if naive is not None and naive.contention is not None:
         out.append(
@@ -1242,12 +1542,45 @@ def verdicts(report: BenchReport) -> list[Verdict]:
     return out
 
 
-def median_table(report: BenchReport) -> dict[tuple[str, str], ScenarioRun]:
-    """Median runs keyed by (scenario, dataset label), in the order they ran."""
-    grouped: dict[tuple[str, str], list[ScenarioRun]] = {}
+OPEN_LOOP_P95_MS = 40.0  # the mixed workload's latency targets, at the audits' rates
+OPEN_LOOP_P99_MS = 100.0
+KEPT_UP = 0.95  # an open-loop run kept up when it answered this share of its rate
+
+
+def open_loop_verdict(run: ScenarioRun) -> Verdict:
+    """The mixed targets at a fixed arrival rate: p95 ≤ 40 ms and p99 ≤ 100 ms from the
+    scheduled time, the rate kept up with, nothing dropped, no errors."""
+    assert run.open_loop is not None
+    o, r = run.open_loop, run.result
+    misses = []
+    if r.latency.p95 > OPEN_LOOP_P95_MS:
+        misses.append(f"p95 {_below(r.latency.p95, OPEN_LOOP_P95_MS)}")
+    if r.latency.p99 > OPEN_LOOP_P99_MS:
+        misses.append(f"p99 {_below(r.latency.p99, OPEN_LOOP_P99_MS)}")
+    if r.throughput < KEPT_UP * o.rate:
+        misses.append(f"achieved {_at_least(r.throughput, o.rate)}")
+    if o.dropped:
+        misses.append(f"{o.dropped:,} dropped")
+    if r.errors:
+        misses.append(f"{r.errors:,} errors")
+    return Verdict(
+        f"{run.scenario} at {o.rate:,.0f} requests/s (open loop): p95 ≤ "
+        f"{OPEN_LOOP_P95_MS:g} ms, p99 ≤ {OPEN_LOOP_P99_MS:g} ms, rate kept, nothing dropped",
+        f"{run.scenario} @ {run.variant}",
+        f"p95 {_ms(r.latency.p95)} ms, p99 {_ms(r.latency.p99)} ms, "
+        f"{r.throughput:,.0f} req/s achieved, {o.dropped:,} dropped, errors {r.error_summary()}",
+        not misses,
+        "; ".join(misses),
+    )
+
+
+def median_table(report: BenchReport) -> dict[tuple[str, str, float, float], ScenarioRun]:
+    """Median runs keyed by `ScenarioRun.key` (scenario, dataset label, database latency,
+    open-loop rate), in the order they ran."""
+    grouped: dict[tuple[str, str, float, float], list[ScenarioRun]] = {}
     for runs in report.rounds:
         for run in runs:
-            grouped.setdefault((run.scenario, run.dataset), []).append(run)
+            grouped.setdefault(run.key, []).append(run)
     return {key: median_run(runs) for key, runs in grouped.items()}
 
 
@@ -1275,7 +1608,7 @@ def scale_rows(report: BenchReport) -> list[ScaleRow]:
     small, large = report.dataset.label, report.scale_dataset.label
     rows = []
     for name in SCALE_SCENARIOS:
-        a, b = medians.get((name, small)), medians.get((name, large))
+        a, b = medians.get((name, small, 0.0, 0.0)), medians.get((name, large, 0.0, 0.0))
         if a is not None and b is not None and not a.skipped and not b.skipped:
             rows.append(ScaleRow(name, small, large, a, b))
     return rows
@@ -1312,6 +1645,26 @@ def render_report(report: BenchReport) -> str:
         f"{config.repeat} round(s), scenarios interleaved",
         *(
             [
+                "- **database latency**: "
+                + ", ".join(f"+{ms:g} ms" for ms in config.proxied_latencies)
+                + " each way through the latency proxy, for "
+                + ", ".join(f"`{n}`" for n in config.latency_scenarios if n in config.scenarios)
+            ]
+            if config.proxied_latencies
+            else []
+        ),
+        *(
+            [
+                f"- **open loop**: `{OPEN_LOOP_SCENARIO}` at "
+                + ", ".join(f"{rate:,.0f}" for rate in config.open_loop_rates)
+                + f" requests/s, {min(config.concurrency, config.open_loop_max_connections)} "
+                f"connections opened first, up to {config.open_loop_max_connections}"
+            ]
+            if config.open_loop_rates and OPEN_LOOP_SCENARIO in config.scenarios
+            else []
+        ),
+        *(
+            [
                 "- **server settings** (an experiment, not the defaults): "
                 + ", ".join(f"`{k}={v}`" for k, v in config.server_settings)
             ]
@@ -1330,7 +1683,7 @@ def render_report(report: BenchReport) -> str:
         "",
     ]
     medians = median_table(report)
-    table = {n: r for (n, d), r in medians.items() if d == main and not r.skipped}
+    table = {r.scenario: r for r in medians.values() if _is_main(r, main) and not r.skipped}
     found = verdicts(report)
     by_row: dict[str, list[Verdict]] = {}
     for verdict in found:
@@ -1345,7 +1698,8 @@ def render_report(report: BenchReport) -> str:
     title = f"Medians of {len(report.rounds)} rounds" if len(report.rounds) > 1 else "Results"
     lines += [f"#### {title}", "", _HEADER]
     for run in medians.values():
-        lines.append(_row(run, table, marks, main))
+        if not run.variant:
+            lines.append(_row(run, table, marks, main))
     lines.append("")
     lines += [
         "#### Targets (issue 8)",
@@ -1386,14 +1740,18 @@ def render_report(report: BenchReport) -> str:
                 f"| {a.throughput:,.0f} → {b.throughput:,.0f} |"
             )
         lines.append("")
+    lines += render_latency(report, medians, marks)
+    lines += render_open_loop(report, medians, marks)
+    if report.previous is not None:
+        lines += render_comparison(report.previous, results_document(report))
     if len(report.rounds) > 1:
         for number, runs in enumerate(report.rounds, start=1):
-            round_table = _main_runs(report, runs)
+            by_latency = {ms: _main_runs(report, runs, ms) for ms in config.db_latencies_ms}
             lines += [
                 f"#### Round {number}",
                 "",
                 _HEADER,
-                *(_row(run, round_table, None, main) for run in runs),
+                *(_row(run, by_latency.get(run.db_latency_ms), None, main) for run in runs),
                 "",
             ]
     profiled = [run for runs in report.rounds for run in runs if run.profile is not None]
@@ -1403,6 +1761,301 @@ def render_report(report: BenchReport) -> str:
             assert run.profile is not None
             lines += render_profile(run.scenario, summarize_profile(run.profile))
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _latency_heading(ms: float) -> str:
+    return "0 ms (direct)" if not ms else f"+{ms:g} ms each way"
+
+
+def render_latency(
+    report: BenchReport,
+    medians: Mapping[tuple[str, str, float, float], ScenarioRun],
+    marks: Mapping[str, str],
+) -> list[str]:
+    """The anti-pattern comparison at each database latency: within-round ratios, the
+    scenarios side by side, and the full rows of the runs behind the proxy."""
+    latencies = (0.0, *report.config.proxied_latencies)
+    if len(latencies) < 2:
+        return []
+    main = report.dataset.label
+    at = {
+        ms: {
+            r.scenario: r
+            for r in medians.values()
+            if r.dataset in ("", main)
+            and r.open_loop is None
+            and r.db_latency_ms == ms
+            and not r.skipped
+        }
+        for ms in latencies
+    }
+    lines = [
+        "#### Database latency: the anti-pattern comparison",
+        "",
+        "PostgreSQL reached through `load/latency_proxy.py`, a TCP proxy on 127.0.0.1 that "
+        "delays every chunk in each direction (in order, without serialising them): each "
+        "database round trip costs twice the delay more, as across availability zones. The "
+        "0 ms column is the main, direct run. Ratios are medians of within-round ratios.",
+        "",
+        "| ratio | " + " | ".join(_latency_heading(ms) for ms in latencies) + " |",
+        "| --- |" + " ---: |" * len(latencies),
+    ]
+    measured = {ms: dict(ratios(report, ms, LATENCY_RATIOS)) for ms in latencies}
+    for label, _, _ in LATENCY_RATIOS:
+        values = [measured[ms].get(label) for ms in latencies]
+        cells = [f"{_median(v):.2f}" if v else "-" for v in values]
+        if any(cell != "-" for cell in cells):
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "| scenario | "
+        + " | ".join(
+            f"req/s {h} | p50 ms {h} | p99 ms {h}" for h in map(_latency_heading, latencies)
+        )
+        + " |",
+        "| --- |" + " ---: |" * (3 * len(latencies)),
+    ]
+    for name in LATENCY_SCENARIOS:
+        if not any(name in at[ms] for ms in latencies[1:]):
+            continue
+        cells = []
+        for ms in latencies:
+            run = at[ms].get(name)
+            if run is None:
+                cells += ["-", "-", "-"]
+            else:
+                r = run.result
+                cells += [f"{r.throughput:,.0f}", _ms(r.latency.p50), _ms(r.latency.p99)]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines.append("")
+    for ms in latencies[1:]:
+        lines += [f"Runs at {_latency_heading(ms)} (medians):", "", _HEADER]
+        lines += [_row(run, at[ms], marks, main) for run in at[ms].values()]
+        lines.append("")
+    return lines
+
+
+def render_open_loop(
+    report: BenchReport,
+    medians: Mapping[tuple[str, str, float, float], ScenarioRun],
+    marks: Mapping[str, str],
+) -> list[str]:
+    """The open-loop runs: latency from the scheduled time, and what the generator did."""
+    runs = [r for r in medians.values() if r.open_loop is not None and not r.skipped]
+    if not runs:
+        return []
+    late_ms = OpenLoopPlan(port=1, rate=1).late_ms
+    lines = [
+        f"#### Open loop: `{OPEN_LOOP_SCENARIO}` at constant arrival rates",
+        "",
+        "Request *n* is scheduled *n* / rate seconds after the start, whatever the server does, "
+        "and its latency runs from that scheduled time (an HDR histogram), so queueing in the "
+        "server or in the generator counts, where a closed loop would slow down and hide it. "
+        "*Service p99* is from the write to the response (what a closed loop measures). A "
+        f"request is *late* when written more than {late_ms:g} ms after its time; it *waited* "
+        "when every connection was busy and no more could be opened; it is *dropped* when it "
+        "was still waiting at the end of the run (never sent). Counts are over all rounds.",
+        "",
+        "| rate (req/s) | workers | achieved (req/s) | p50 ms | p95 ms | p99 ms | max ms "
+        "| service p99 ms | send lag p99 ms | errors | scheduled | late | waited | dropped "
+        "| connections (first → most) | target |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: "
+        "| ---: | ---: | --- | --- |",
+    ]
+    for run in runs:
+        o, r = run.open_loop, run.result
+        assert o is not None
+        lines.append(
+            f"| {o.rate:,.0f} | {run.workers} | {r.throughput:,.0f} | {_ms(r.latency.p50)} "
+            f"| {_ms(r.latency.p95)} | {_ms(r.latency.p99)} | {_ms(r.latency.max)} "
+            f"| {_ms(o.service.p99)} | {_ms(o.send_lag.p99)} | {r.error_summary()} "
+            f"| {o.scheduled:,} | {o.late:,} | {o.waited:,} | {o.dropped:,} "
+            f"| {o.initial_connections} → {o.peak_connections} "
+            f"| {marks.get(_label(run, report.dataset.label), '-')} |"
+        )
+    lines.append("")
+    return lines
+
+
+# --- results files and the before/after table ----------------------------------------------------
+
+
+def _run_figures(run: ScenarioRun) -> dict[str, Any]:
+    r = run.result
+    figures: dict[str, Any] = {
+        "scenario": run.scenario,
+        "dataset": run.dataset,
+        "db_latency_ms": run.db_latency_ms,
+        "workers": run.workers,
+        "concurrency": r.concurrency,
+        "requests": r.requests,
+        "throughput": round(r.throughput, 1),
+        "p50_ms": round(r.latency.p50, 2),
+        "p95_ms": round(r.latency.p95, 2),
+        "p99_ms": round(r.latency.p99, 2),
+        "max_ms": round(r.latency.max, 2),
+        "errors": r.errors,
+        "server_cpu_s": run.server_cpu_s,
+        "database_cpu_s": run.database_cpu_s,
+        "cache_hit_rate": run.cache_hit_rate,
+    }
+    if run.open_loop is not None:
+        o = run.open_loop
+        figures["open_loop"] = {
+            "rate": o.rate,
+            "scheduled": o.scheduled,
+            "late": o.late,
+            "waited": o.waited,
+            "dropped": o.dropped,
+            "initial_connections": o.initial_connections,
+            "peak_connections": o.peak_connections,
+            "service_p99_ms": round(o.service.p99, 2),
+            "send_lag_p99_ms": round(o.send_lag.p99, 2),
+        }
+    if run.proxy is not None:
+        figures["proxy"] = asdict(run.proxy)
+    return figures
+
+
+def results_document(report: BenchReport) -> dict[str, Any]:
+    """The medians as JSON (`--results`): runs by their report label, the within-round
+    ratios (medians) by database latency, and the targets."""
+    medians = median_table(report)
+    main = report.dataset.label
+    latencies = (0.0, *report.config.proxied_latencies)
+    return {
+        "format": RESULTS_FORMAT,
+        "label": f"run of {report.started:%Y-%m-%d %H:%M} UTC",
+        "started": report.started.isoformat(),
+        "commit": report.commit,
+        "command": report.config.command,
+        "rounds": len(report.rounds),
+        "dataset": {
+            "label": main,
+            "appointments": report.dataset.appointment_count,
+            "providers": report.dataset.provider_count,
+        },
+        "runs": {
+            _label(run, main): _run_figures(run) for run in medians.values() if not run.skipped
+        },
+        "ratios": {
+            f"{ms:g}": {
+                label: round(_median(values), 3)
+                for label, values in ratios(report, ms, RATIOS if not ms else LATENCY_RATIOS)
+            }
+            for ms in latencies
+        },
+        "targets": [
+            {"target": v.target, "measured": v.measured, "met": v.met} for v in verdicts(report)
+        ],
+    }
+
+
+def write_results(path: Path, document: Mapping[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
+
+
+def load_results(path: Path) -> dict[str, Any]:
+    """A results file of `--results` (or a transcribed one), checked for its format."""
+    document = json.loads(path.read_text())
+    if not isinstance(document, dict) or document.get("format") != RESULTS_FORMAT:
+        raise ValueError(f"{path} is not a {RESULTS_FORMAT} file")
+    return document
+
+
+def _change(before: float | None, after: float | None, *, higher_is_better: bool) -> str:
+    if before is None or after is None or not before:
+        return "-"
+    change = (after / before - 1) * 100
+    better = change > 0 if higher_is_better else change < 0
+    if abs(change) < 0.5:
+        return "±0 %"
+    if after / before >= 2 or before / after >= 2:
+        factor = after / before if after > before else before / after
+        text = f"{factor:.1f}x {'more' if after > before else 'less'}"
+    else:
+        text = f"{change:+.0f} %"
+    return f"{text} ({'better' if better else 'worse'})"
+
+
+def _figure(run: Mapping[str, Any] | None, name: str) -> float | None:
+    if run is None or run.get(name) is None:
+        return None
+    return float(run[name])
+
+
+def _pair(before: float | None, after: float | None, fmt: str = "{:,.0f}") -> str:
+    def text(value: float | None) -> str:
+        if value is None:
+            return "-"
+        return _ms(value) if fmt == "ms" else fmt.format(value)
+
+    return f"{text(before)} → {text(after)}"
+
+
+def render_comparison(previous: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    """Before/after: every run label of either file, throughput and latency percentiles,
+    then the within-round ratios at each database latency."""
+    before_runs: Mapping[str, Any] = previous.get("runs", {})
+    after_runs: Mapping[str, Any] = current.get("runs", {})
+    labels = list(after_runs) + [label for label in before_runs if label not in after_runs]
+    lines = [
+        f"#### Before / after: {previous.get('label', 'the previous run')} → this run",
+        "",
+        f"Before: commit `{previous.get('commit') or '?'}`, {previous.get('rounds', '?')} "
+        f"round(s), {previous.get('dataset', {}).get('label', '?')} dataset. Medians; "
+        "*-*: not measured in that run.",
+        "",
+        "| scenario | throughput (req/s) | change | p50 ms | p95 ms | p99 ms | p99 change "
+        "| errors |",
+        "| --- | ---: | --- | ---: | ---: | ---: | --- | ---: |",
+    ]
+    for label in labels:
+        a, b = before_runs.get(label), after_runs.get(label)
+        throughput = (_figure(a, "throughput"), _figure(b, "throughput"))
+        lines.append(
+            f"| {label} "
+            f"| {_pair(*throughput)} "
+            f"| {_change(*throughput, higher_is_better=True)} "
+            f"| {_pair(_figure(a, 'p50_ms'), _figure(b, 'p50_ms'), 'ms')} "
+            f"| {_pair(_figure(a, 'p95_ms'), _figure(b, 'p95_ms'), 'ms')} "
+            f"| {_pair(_figure(a, 'p99_ms'), _figure(b, 'p99_ms'), 'ms')} "
+            f"| {_change(_figure(a, 'p99_ms'), _figure(b, 'p99_ms'), higher_is_better=False)} "
+            f"| {_pair(_figure(a, 'errors'), _figure(b, 'errors'))} |"
+        )
+    before_ratios: Mapping[str, Mapping[str, float]] = previous.get("ratios", {})
+    after_ratios: Mapping[str, Mapping[str, float]] = current.get("ratios", {})
+    rows = []
+    for ms in sorted(set(before_ratios) | set(after_ratios), key=float):
+        a_map, b_map = before_ratios.get(ms, {}), after_ratios.get(ms, {})
+        for label in list(b_map) + [x for x in a_map if x not in b_map]:
+            heading = "" if float(ms) == 0 else f" (database +{ms} ms each way)"
+            rows.append(
+                f"| {label}{heading} | {_pair(a_map.get(label), b_map.get(label), '{:.2f}')} |"
+            )
+    if rows:
+        lines += ["", "| ratio (median within rounds) | before → after |", "| --- | ---: |", *rows]
+
+    def targets(document: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+        return {t["target"]: t for t in document.get("targets", [])}
+
+    def status(target: Mapping[str, Any] | None) -> str:
+        if target is None or target.get("met") is None:
+            return "-"
+        return f"{target['measured']} ({'met' if target['met'] else 'missed'})"
+
+    before_targets, after_targets = targets(previous), targets(current)
+    names = list(after_targets) + [t for t in before_targets if t not in after_targets]
+    judged = [
+        f"| {name} | {status(before_targets.get(name))} | {status(after_targets.get(name))} |"
+        for name in names
+        if status(before_targets.get(name)) != "-" or status(after_targets.get(name)) != "-"
+    ]
+    if judged:
+        lines += ["", "| target | before | after |", "| --- | --- | --- |", *judged]
+    lines.append("")
+    return lines
 
 
 @dataclass(frozen=True)
@@ -1532,6 +2185,43 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[BenchConfig, Path | N
         "(e.g. CAREBOOK_DB_POOL_PRE_PING=false); the report's command shows it",
     )
     parser.add_argument(
+        "--db-latency-ms",
+        type=_latencies,
+        default=(0.0,),
+        metavar="MS[,MS...]",
+        help="e.g. 0,0.5: the anti-pattern comparisons again with each direction to PostgreSQL "
+        "delayed by each value > 0 (a proxy on 127.0.0.1); the main run is always direct",
+    )
+    parser.add_argument(
+        "--latency-scenario",
+        action="append",
+        choices=LATENCY_SCENARIOS,
+        help="repeatable: what runs at the database latencies (default: all of "
+        + ", ".join(LATENCY_SCENARIOS)
+        + ", as far as --scenario selects them)",
+    )
+    parser.add_argument(
+        "--open-loop-rates",
+        type=_rates,
+        default=(),
+        metavar="RATE[,RATE...]",
+        help=f"e.g. 500,1000: `{OPEN_LOOP_SCENARIO}` also at these constant arrival rates "
+        "(requests/s), latency from the scheduled time",
+    )
+    parser.add_argument(
+        "--open-loop-max-connections",
+        type=int,
+        default=OPEN_LOOP_MAX_CONNECTIONS,
+        help="connections the open loop may open when all are busy (it starts with --concurrency)",
+    )
+    parser.add_argument("--results", type=Path, help="write the medians here as JSON")
+    parser.add_argument(
+        "--compare",
+        type=Path,
+        help="a previous run's results JSON (e.g. load/results/2026-12-01.json): the report "
+        "adds a before/after table",
+    )
+    parser.add_argument(
         "--smoke",
         action="store_true",
         help="seconds, not minutes: 2 s, 4 connections, 400 max, 20 contenders on 2 slots",
@@ -1572,10 +2262,48 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[BenchConfig, Path | N
         contention_slots=max(1, int(values["contention_slots"])),
         scale_database_url=args.scale_database_url,
         server_settings=tuple(settings),
+        db_latencies_ms=args.db_latency_ms,
+        latency_scenarios=tuple(args.latency_scenario or LATENCY_SCENARIOS),
+        open_loop_rates=args.open_loop_rates,
+        open_loop_max_connections=args.open_loop_max_connections,
+        compare=args.compare,
+        results=args.results,
     )
     config.plan(0)  # validates the bounds before anything starts
     config.burst(0, frozenset())
+    for rate in config.open_loop_rates:
+        config.open_loop(0, rate)
+    try:
+        if config.proxied_latencies:
+            via_proxy(config.database_url, 1)
+        if config.compare is not None:
+            load_results(config.compare)
+    except (OSError, ValueError) as exc:
+        parser.error(str(exc))
     return config, args.report
+
+
+def _numbers(text: str) -> list[float]:
+    try:
+        return [float(item) for item in text.split(",") if item.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not a comma-separated list of numbers: {text!r}"
+        ) from None
+
+
+def _latencies(text: str) -> tuple[float, ...]:
+    values = _numbers(text)
+    if any(value < 0 for value in values):
+        raise argparse.ArgumentTypeError("a latency cannot be negative")
+    return tuple(sorted({0.0, *values}))
+
+
+def _rates(text: str) -> tuple[float, ...]:
+    values = _numbers(text)
+    if any(value <= 0 for value in values):
+        raise argparse.ArgumentTypeError("a rate must be positive")
+    return tuple(dict.fromkeys(values))
 
 
 async def _run_until_signal(config: BenchConfig) -> BenchReport:
@@ -1605,6 +2333,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     if report_path is not None:
         write_report(report_path, section)
         _say(f"report written to {report_path}")
+    if config.results is not None:
+        write_results(config.results, results_document(report))
+        _say(f"results written to {config.results}")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,11 @@ A run stops by itself at whichever comes first: its duration or its request budg
 started during the warm-up are sent but left out of every statistic. The generator's own CPU
 time (`getrusage`) is part of the result, so its overhead on a shared machine is visible.
 
+`run_open_loop` is the open-loop (constant arrival rate) mode: requests are scheduled at fixed
+1/rate intervals whatever the server does, and latency runs from the scheduled time, so a
+saturated server's queueing shows in the percentiles instead of slowing the generator down
+(coordinated omission). Its latencies go into an HDR histogram.
+
 Only 127.0.0.1 is accepted as a target: this tool never sends traffic anywhere else.
 """
 
@@ -16,12 +21,14 @@ import json
 import math
 import resource
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any, cast
 from urllib.parse import quote, urlencode
+
+from hdrh.histogram import HdrHistogram
 
 LOOPBACK = "127.0.0.1"
 
@@ -361,6 +368,23 @@ class LatencySummary:
     mean: float
 
     @classmethod
+    def from_histogram(cls, histogram: HdrHistogram) -> LatencySummary:
+        """From an HDR histogram of microseconds (see `latency_histogram`)."""
+        if not histogram.get_total_count():
+            return cls(0.0, 0.0, 0.0, 0.0, 0.0)
+
+        def ms(percentile: float) -> float:
+            return float(histogram.get_value_at_percentile(percentile)) / 1e3
+
+        return cls(
+            p50=ms(50),
+            p95=ms(95),
+            p99=ms(99),
+            max=float(histogram.get_max_value()) / 1e3,
+            mean=float(histogram.get_mean_value()) / 1e3,
+        )
+
+    @classmethod
     def from_ns(cls, samples: Sequence[int]) -> LatencySummary:
         ordered = sorted(samples)
         ms = [value / 1e6 for value in ordered]
@@ -646,3 +670,273 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
     except ImportError:  # pragma: no cover - uvloop is a Carebook dependency
         return asyncio.new_event_loop()
     return uvloop.new_event_loop()
+
+
+# --- open loop: a constant arrival rate ---------------------------------------------------------
+
+HISTOGRAM_MAX_US = 3_600_000_000  # an hour: a stalled run still fits
+HISTOGRAM_DIGITS = 3  # 0.1 % precision
+
+
+def latency_histogram() -> HdrHistogram:
+    """An HDR histogram of microseconds, 1 µs to an hour, three significant digits."""
+    return HdrHistogram(1, HISTOGRAM_MAX_US, HISTOGRAM_DIGITS)
+
+
+def _record_us(histogram: HdrHistogram, ns: int) -> None:
+    histogram.record_value(max(1, min(ns // 1000, HISTOGRAM_MAX_US)))
+
+
+@dataclass(frozen=True)
+class OpenLoopPlan:
+    """`rate` requests per second at fixed intervals, bounded by `duration_s` and
+    `max_requests` like every run. `connections` are opened before the first send; when all are
+    busy another is opened, up to `max_connections`; beyond that a request waits for one
+    (counted: its wait is part of its latency). A request still waiting when the time is up is
+    dropped (counted). The warm-up is the requests scheduled in the first `warmup_s` (or the
+    first `warmup_share` of the budget, whichever is fewer): sent, not counted."""
+
+    port: int
+    rate: float
+    duration_s: float = 15.0
+    max_requests: int = 1_000_000
+    warmup_s: float = 2.0
+    warmup_share: float = 0.1
+    connections: int = 64
+    max_connections: int = 512
+    timeout_s: float = 10.0
+    late_ms: float = 5.0  # sent this much after its scheduled time: late
+    host: str = LOOPBACK
+    expected_statuses: frozenset[int] = frozenset()
+
+    def __post_init__(self) -> None:
+        require_loopback(self.host)
+        if self.rate <= 0:
+            raise ValueError("the rate must be positive")
+        if self.duration_s <= 0 or self.max_requests < 1:
+            raise ValueError("a run needs a positive duration and request budget")
+        if not 0 <= self.warmup_s < self.duration_s:
+            raise ValueError("the warm-up must be shorter than the run")
+        if not 0 <= self.warmup_share < 1:
+            raise ValueError("warmup_share must be in [0, 1)")
+        if not 1 <= self.connections <= self.max_connections:
+            raise ValueError("connections must be at least 1 and at most max_connections")
+
+    @property
+    def scheduled(self) -> int:
+        """Requests scheduled in the whole run, warm-up included."""
+        return min(self.max_requests, math.ceil(self.duration_s * self.rate))
+
+    @property
+    def warmup_requests(self) -> int:
+        by_time = math.ceil(self.warmup_s * self.rate)
+        by_budget = int(self.max_requests * self.warmup_share) if self.warmup_s > 0 else 0
+        return min(by_time, by_budget, self.scheduled - 1)
+
+
+@dataclass(frozen=True)
+class OpenLoopResult:
+    """An open-loop run. `result` counts the measured requests that were sent (its throughput
+    is the achieved rate of answers; its latencies run from the scheduled time); `scheduled`
+    = `result.requests` + `dropped`."""
+
+    rate: float
+    result: LoadResult
+    scheduled: int  # measured requests scheduled (warm-up excluded)
+    dropped: int  # scheduled, never sent: still waiting for a connection when time was up
+    late: int  # sent more than `late_ms` after the scheduled time
+    waited: int  # found every connection busy at `max_connections`
+    initial_connections: int
+    peak_connections: int  # connections open at once, at most
+    send_lag: LatencySummary  # from the scheduled time to the write
+    service: LatencySummary  # from the write to the response (what a closed loop sees)
+    histogram: str = field(default="", repr=False)  # latencies (µs), HdrHistogram encoding
+
+    @property
+    def opened_extra(self) -> int:
+        return self.peak_connections - self.initial_connections
+
+
+class _OpenLoop:
+    def __init__(self, plan: OpenLoopPlan, factory: RequestFactory) -> None:
+        self.plan = plan
+        self.factory = factory
+        self.clock = time.perf_counter_ns
+        self.total = plan.scheduled
+        self.warm = plan.warmup_requests
+        self.tally = _Tally()
+        self.latency = latency_histogram()
+        self.lag = latency_histogram()
+        self.service = latency_histogram()
+        self.backlog: deque[tuple[int, int]] = deque()  # (number, due) waiting for a connection
+        self.idle: deque[asyncio.Future[tuple[int, int] | None]] = deque()
+        self.workers: set[asyncio.Task[None]] = set()
+        self.open = 0
+        self.peak = 0
+        self.ok = 0
+        self.dropped = 0
+        self.late = 0
+        self.waited = 0
+        self.began = 0
+        self.deadline = 0
+        self.dispatching = True
+        self.last_done = 0
+
+    async def connect(self) -> Connection:
+        return await asyncio.wait_for(
+            Connection.open(self.plan.port, self.plan.host), self.plan.timeout_s
+        )
+
+    def spawn(self, connection: Connection | None, first: tuple[int, int] | None) -> None:
+        self.open += 1
+        self.peak = max(self.peak, self.open)
+        task = asyncio.get_running_loop().create_task(self.worker(connection, first))
+        self.workers.add(task)
+        task.add_done_callback(self.workers.discard)
+
+    def dispatch(self, item: tuple[int, int]) -> None:
+        while self.idle:
+            waiter = self.idle.popleft()
+            if not waiter.done():
+                waiter.set_result(item)
+                return
+        if self.open < self.plan.max_connections:
+            self.spawn(None, item)
+            return
+        self.waited += item[0] >= self.warm
+        self.backlog.append(item)
+
+    async def next_item(self) -> tuple[int, int] | None:
+        while self.backlog:
+            item = self.backlog.popleft()
+            if self.clock() < self.deadline:
+                return item
+            self.dropped += item[0] >= self.warm  # never sent: the run's time is up
+        if not self.dispatching:
+            return None
+        waiter: asyncio.Future[tuple[int, int] | None] = asyncio.get_running_loop().create_future()
+        self.idle.append(waiter)
+        return await waiter
+
+    async def worker(self, connection: Connection | None, first: tuple[int, int] | None) -> None:
+        plan, tally = self.plan, self.tally
+        item = first
+        try:
+            while True:
+                if item is None:
+                    item = await self.next_item()
+                    if item is None:
+                        return
+                number, due = item
+                item = None
+                measured = number >= self.warm
+                raw = self.factory(number)
+                try:
+                    if connection is None or connection.closed:
+                        connection = await self.connect()
+                    sent = self.clock()
+                    response = await connection.request(raw, plan.timeout_s)
+                except (OSError, TimeoutError, ProtocolError, ConnectionClosed) as exc:
+                    if connection is not None:
+                        connection.close()
+                        connection = None
+                    if measured:
+                        tally.requests += 1
+                        tally.transport_errors[type(exc).__name__] += 1
+                        self.last_done = self.clock()
+                    else:
+                        tally.warmup += 1
+                    continue
+                end = self.clock()
+                if not measured:
+                    tally.warmup += 1
+                else:
+                    tally.requests += 1
+                    tally.statuses[response.status] += 1
+                    self.last_done = end
+                    lag = sent - due
+                    self.late += lag > plan.late_ms * 1e6
+                    _record_us(self.lag, lag)
+                    status = response.status
+                    if 200 <= status < 300 or status in plan.expected_statuses:
+                        self.ok += 1
+                        tally.body_bytes += len(response.body)
+                        _record_us(self.latency, end - due)
+                        _record_us(self.service, end - sent)
+                    else:
+                        tally.status_errors[status] += 1
+                if not response.keep_alive:
+                    connection.close()
+                    connection = None
+        finally:
+            self.open -= 1
+            if connection is not None:
+                connection.close()
+
+    async def run(self) -> OpenLoopResult:
+        plan = self.plan
+        cpu_before = _cpu_seconds()
+        opened = await asyncio.gather(
+            *(self.connect() for _ in range(plan.connections)), return_exceptions=True
+        )
+        for connection in opened:
+            self.spawn(connection if isinstance(connection, Connection) else None, None)
+        await asyncio.sleep(0)  # the workers wait for their first request
+        interval = 1e9 / plan.rate
+        self.began = self.clock()
+        self.deadline = self.began + int(plan.duration_s * 1e9)
+        try:
+            for number in range(self.total):
+                due = self.began + round(number * interval)
+                wait = due - self.clock()
+                if wait > 0:
+                    await asyncio.sleep(wait / 1e9)
+                self.dispatch((number, due))
+        finally:
+            self.dispatching = False
+            while self.idle:
+                waiter = self.idle.popleft()
+                if not waiter.done():
+                    waiter.set_result(None)
+        while self.workers:  # in flight: bounded by the timeout; backlog: sent or dropped
+            await asyncio.gather(*self.workers, return_exceptions=True)
+        return self.result(_cpu_seconds() - cpu_before)
+
+    def result(self, cpu_s: float) -> OpenLoopResult:
+        tally, plan, ok = self.tally, self.plan, self.ok
+        start = self.began + round(self.warm * 1e9 / plan.rate)
+        elapsed = max(self.last_done - start, 1) / 1e9 if tally.requests else 0.0
+        result = LoadResult(
+            concurrency=self.peak,
+            requests=tally.requests,
+            ok=ok,
+            elapsed_s=elapsed,
+            throughput=ok / elapsed if ok else 0.0,
+            latency=LatencySummary.from_histogram(self.latency),
+            status_errors=dict(tally.status_errors),
+            transport_errors=dict(tally.transport_errors),
+            warmup_requests=tally.warmup,
+            cpu_s=cpu_s,
+            mean_body_bytes=tally.body_bytes / ok if ok else 0.0,
+            statuses=dict(tally.statuses),
+        )
+        encoded = self.latency.encode() if ok else b""
+        return OpenLoopResult(
+            rate=plan.rate,
+            result=result,
+            scheduled=self.total - self.warm,
+            dropped=self.dropped,
+            late=self.late,
+            waited=self.waited,
+            initial_connections=plan.connections,
+            peak_connections=self.peak,
+            send_lag=LatencySummary.from_histogram(self.lag),
+            service=LatencySummary.from_histogram(self.service),
+            histogram=encoded.decode() if isinstance(encoded, bytes) else str(encoded),
+        )
+
+
+async def run_open_loop(plan: OpenLoopPlan, factory: RequestFactory) -> OpenLoopResult:
+    """Send request `n` at `n / plan.rate` seconds after the start, whatever the server does;
+    latency from that scheduled time (see `OpenLoopPlan` for connections and drops)."""
+    return await _OpenLoop(plan, factory).run()

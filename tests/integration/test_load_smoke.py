@@ -1,7 +1,9 @@
 """A smoke run of the load runner, small enough for CI: every scenario and baseline against real
 uvicorn subprocesses (and the in-process asyncpg baselines) on a tiny `seed --scale` dataset,
-for about a second each, plus the scale check on a second tiny dataset, so the runner cannot
-rot. The report is written to a temporary file: tests never touch docs/benchmarks.md."""
+for about a second each, plus the scale check on a second tiny dataset, a few scenarios again
+with PostgreSQL behind the latency proxy, and `mixed` open-loop at a low rate, so the runner
+cannot rot. The report and the results file are written to temporary files: tests never touch
+docs/benchmarks.md."""
 
 from __future__ import annotations
 
@@ -24,10 +26,13 @@ from load.bench import (
     REPO_ROOT,
     BenchConfig,
     BenchReport,
+    load_results,
     render_report,
+    results_document,
     run_bench,
     server_env,
     serving,
+    write_results,
 )
 from load.bench import write_report as write_bench_report
 from load.client import build_request, fetch
@@ -47,6 +52,12 @@ if TYPE_CHECKING:  # imported at run time, pytest would try to collect the `Test
 
 SMALL, LARGE = 3_000, 6_000  # appointments in the two datasets
 CONTENDERS, SLOTS = 12, 2
+LATENCY_MS = 0.5
+# Behind the proxy: a served anti-pattern pair and an in-process baseline (both ways of
+# reaching PostgreSQL), not all nine, to keep CI fast.
+LATENCY_SET = ("listing", "raw-availability", "naive-listing")  # in the scenarios' order
+RATE = 40.0  # mixed, open loop: 24 requests in 0.6 s
+BASELINE = REPO_ROOT / "load" / "results" / "2026-12-01.json"
 
 
 @dataclass(frozen=True)
@@ -91,6 +102,10 @@ async def smoke(datasets: Datasets, test_servers: TestServers) -> BenchReport:
         contention_slots=SLOTS,
         scale_database_url=datasets.large,
         command="pytest tests/integration/test_load_smoke.py",
+        db_latencies_ms=(0.0, LATENCY_MS),
+        latency_scenarios=LATENCY_SET,
+        open_loop_rates=(RATE,),
+        compare=BASELINE,
     )
     return await run_bench(config)
 
@@ -102,9 +117,11 @@ async def test_every_scenario_and_baseline_runs_and_is_reported(
     assert smoke.scale_dataset is not None
     small, large = smoke.dataset.label, smoke.scale_dataset.label
     assert (small, large) == ("3 k", "6 k")
-    expected = [(name, small) for name in SCENARIOS]
-    expected += [(name, large) for name in SCALE_SCENARIOS]
-    assert [(run.scenario, run.dataset) for run in runs] == expected
+    expected = [(name, small, "") for name in SCENARIOS]
+    expected += [(name, large, "") for name in SCALE_SCENARIOS]
+    expected += [(name, small, f"db +{LATENCY_MS:g} ms") for name in LATENCY_SET]
+    expected += [("mixed", small, f"open loop {RATE:g}/s")]
+    assert [(run.scenario, run.dataset, run.variant) for run in runs] == expected
     for run in runs:
         scenario = SCENARIOS[run.scenario]
         if run.skipped:  # only an endpoint that this build does not have yet
@@ -123,7 +140,7 @@ async def test_every_scenario_and_baseline_runs_and_is_reported(
         assert result.latency.p50 <= result.latency.p99 <= result.latency.max
         assert (run.server_cpu_s is None) == run.in_process, run.scenario
 
-    by_name = {run.scenario: run for run in runs if run.dataset == small}
+    by_name = {run.scenario: run for run in runs if run.dataset == small and not run.variant}
     assert by_name["availability-cold"].cache_hit_rate == 0.0  # cache off: every lookup misses
     warm = by_name["availability-warm"]
     assert warm.priming is not None
@@ -151,6 +168,46 @@ async def test_every_scenario_and_baseline_runs_and_is_reported(
     assert "availability-warm ÷ constant" in written
     assert "booking ÷ raw-booking" in written
     assert "3,000 appointments" in written
+    assert "#### Database latency: the anti-pattern comparison" in written
+    assert f"| listing @ db +{LATENCY_MS:g} ms | 1 | " in written
+    assert "#### Open loop: `mixed` at constant arrival rates" in written
+    assert "#### Before / after: run of 2026-12-01 07:30 UTC → this run" in written
+    results = tmp_path / "results.json"
+    write_results(results, results_document(smoke))
+    document = load_results(results)
+    assert f"raw-availability @ db +{LATENCY_MS:g} ms" in document["runs"]
+    assert document["runs"][f"mixed @ open loop {RATE:g}/s"]["open_loop"]["rate"] == RATE
+    assert "listing ÷ naive-listing" in document["ratios"][f"{LATENCY_MS:g}"]
+
+
+async def test_latency_runs_reach_postgresql_through_the_proxy(smoke: BenchReport) -> None:
+    (runs,) = smoke.rounds
+    delayed = [run for run in runs if run.db_latency_ms]
+    assert [run.scenario for run in delayed] == list(LATENCY_SET)
+    for run in delayed:
+        assert run.db_latency_ms == LATENCY_MS
+        assert run.proxy is not None
+        # The server (or the in-process pool) and the setup talked to PostgreSQL through it.
+        assert run.proxy.connections > 0, run.scenario
+        assert run.proxy.chunks > 0, run.scenario
+        assert run.database_cpu_s is not None
+    direct = [run for run in runs if not run.db_latency_ms]
+    assert all(run.proxy is None for run in direct)
+
+
+async def test_the_open_loop_run_accounts_for_every_scheduled_request(smoke: BenchReport) -> None:
+    (runs,) = smoke.rounds
+    (run,) = [run for run in runs if run.open_loop is not None]
+    loop = run.open_loop
+    assert loop is not None
+    assert (run.scenario, run.workers, loop.rate) == ("mixed", 1, RATE)
+    result = run.result
+    assert result.ok > 0
+    assert result.errors == 0, result.error_summary()
+    assert loop.scheduled == result.requests + loop.dropped
+    assert loop.scheduled + result.warmup_requests == 24  # 0.6 s at 40 requests/s
+    assert loop.initial_connections == 4  # --concurrency
+    assert result.latency.p50 <= result.latency.p99 <= result.latency.max
 
 
 async def test_contention_has_one_winner_per_slot_and_the_naive_baseline_is_counted(

@@ -7,23 +7,36 @@ from __future__ import annotations
 import itertools
 import os
 import uuid
+from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
 from app.availability.repository import FREE_SLOTS_OF_PROVIDER
 from load.bench import (
+    LATENCY_RATIOS,
+    REPO_ROOT,
     BenchConfig,
     BenchReport,
     ScenarioRun,
     cpu_per_request,
     database_cpu_seconds,
     database_cpu_ticks,
+    database_port,
+    load_results,
+    median_run,
     parse_args,
+    ratios,
+    render_comparison,
     render_report,
+    results_document,
     verdicts,
+    via_proxy,
+    write_results,
 )
-from load.client import LatencySummary, LoadResult
+from load.client import LatencySummary, LoadResult, OpenLoopResult
+from load.latency_proxy import ProxyStats
 from load.prepare import (
     FREE_SLOTS_PARAMS,
     FREE_SLOTS_SQL,
@@ -36,6 +49,7 @@ from load.prepare import (
 from load.scenarios import SCENARIOS, Contention, Dataset, route_present
 
 T0 = datetime(2026, 12, 7, 9, 0, tzinfo=UTC)
+BASELINE = REPO_ROOT / "load" / "results" / "2026-12-01.json"
 
 
 def test_named_parameters_become_numbered_ones_and_casts_stay() -> None:
@@ -259,3 +273,205 @@ def test_cpu_per_request_adds_the_database_share() -> None:
     assert cpu_per_request(served) == "4.95 + 0.50"  # over 1,010 requests sent
     in_process = ScenarioRun("raw-booking", 1, _result(800, 5, 9), None, in_process=True)
     assert cpu_per_request(in_process) == "0.99 + 0.00"  # its own CPU: the result's 1.0 s
+
+
+# --- database latency, open loop, results files ---------------------------------------------
+
+
+def test_database_urls_are_sent_through_the_proxy_on_loopback_only() -> None:
+    assert via_proxy("postgresql://u:p@127.0.0.1:5432/db?x=1", 6001) == (
+        "postgresql://u:p@127.0.0.1:6001/db?x=1"
+    )
+    assert via_proxy("postgresql+asyncpg://localhost/db", 6001) == (
+        "postgresql+asyncpg://127.0.0.1:6001/db"
+    )
+    assert database_port("postgresql://127.0.0.1/db") == 5432
+    with pytest.raises(ValueError, match=r"127\.0\.0\.1"):
+        via_proxy("postgresql://db.internal:5432/db", 6001)
+
+
+def test_latency_rates_and_results_options_are_parsed_and_checked(tmp_path: Path) -> None:
+    base = ["--database-url", "postgresql://u@127.0.0.1/db", "--redis-url", "redis://x/9"]
+    config, _ = parse_args(
+        [
+            *base,
+            "--db-latency-ms",
+            "0.5",
+            "--open-loop-rates",
+            "500,1000",
+            "--latency-scenario",
+            "listing",
+            "--latency-scenario",
+            "naive-listing",
+            "--results",
+            str(tmp_path / "r.json"),
+            "--compare",
+            str(BASELINE),
+        ]
+    )
+    assert config.db_latencies_ms == (0.0, 0.5)  # the main run is always direct
+    assert config.proxied_latencies == (0.5,)
+    assert config.open_loop_rates == (500.0, 1000.0)
+    assert config.latency_scenarios == ("listing", "naive-listing")
+    assert (config.results, config.compare) == (tmp_path / "r.json", BASELINE)
+    assert parse_args(base)[0].db_latencies_ms == (0.0,)
+    for bad in (
+        ["--db-latency-ms", "-1"],
+        ["--db-latency-ms", "fast"],
+        ["--open-loop-rates", "0"],
+        ["--compare", str(tmp_path / "missing.json")],
+    ):
+        with pytest.raises(SystemExit):
+            parse_args([*base, *bad])
+    with pytest.raises(SystemExit):  # the proxy only reaches PostgreSQL on loopback
+        parse_args(
+            [
+                *("--database-url", "postgresql://db.internal/db", "--redis-url", "r"),
+                *("--db-latency-ms", "0,0.5"),
+            ]
+        )
+
+
+def _at(name: str, result: LoadResult, ms: float) -> ScenarioRun:
+    proxy = ProxyStats(3, 500, 90_000, 4, 500, 40.0, 180.0, 900.0)
+    return _run(name, result, db_latency_ms=ms, proxy=proxy, proxy_cpu_s=0.4)
+
+
+def _open(rate: float, p95: float, p99: float, throughput: float, dropped: int) -> ScenarioRun:
+    result = _result(throughput, p95, p99, concurrency=80)
+    summary = LatencySummary(1.0, 2.0, 3.0, 4.0, 1.5)
+    loop = OpenLoopResult(
+        rate=rate,
+        result=result,
+        scheduled=1000 + dropped,
+        dropped=dropped,
+        late=7,
+        waited=dropped,
+        initial_connections=64,
+        peak_connections=80,
+        send_lag=summary,
+        service=summary,
+    )
+    return ScenarioRun("mixed", 2, result, 5.0, dataset="100 k", open_loop=loop)
+
+
+def _variant_report() -> BenchReport:
+    report = _report(
+        [
+            _run("listing", _result(300, 20, 40)),
+            _run("naive-listing", _result(400, 500, 900)),
+            _run("availability-cold", _result(350, 400, 600)),
+            _run("naive-availability", _result(800, 100, 130)),
+            _at("listing", _result(200, 30, 60), 0.5),
+            _at("naive-listing", _result(8, 9000, 9500), 0.5),
+            _open(500, 30, 90, 499, 0),
+            _open(1000, 900, 1500, 410, 1200),
+        ]
+    )
+    report.config = replace(
+        report.config, db_latencies_ms=(0.0, 0.5), open_loop_rates=(500.0, 1000.0)
+    )
+    return report
+
+
+def test_the_anti_pattern_ratios_are_reported_at_each_latency() -> None:
+    report = _variant_report()
+    assert ratios(report, 0.5, LATENCY_RATIOS) == [("listing ÷ naive-listing", [25.0])]
+    found = {v.target: v for v in verdicts(report)}
+    direct = found["listing ≥ 20x its anti-pattern's throughput"]
+    assert (direct.met, direct.measured) == (False, "0.75")
+    remote = found["listing ≥ 20x its anti-pattern's throughput, database +0.5 ms each way"]
+    assert (remote.met, remote.measured, remote.scenario) == (True, "25.00", "listing @ db +0.5 ms")
+    not_run = "availability-cold ≥ 20x its anti-pattern's throughput, database +0.5 ms each way"
+    assert found[not_run].met is None
+
+    text = render_report(report)
+    assert "#### Database latency: the anti-pattern comparison" in text
+    assert "| ratio | 0 ms (direct) | +0.5 ms each way |" in text
+    assert "| listing ÷ naive-listing | 0.75 | 25.00 |" in text
+    assert "| availability-cold ÷ naive-availability | 0.44 | - |" in text
+    assert "| naive-listing | 400 | 250 | 900 | 8 | 4500 | 9500 |" in text
+    assert "| listing @ db +0.5 ms | 1 | 64 |" in text  # its full row, with its target
+    assert "≥ 20 x anti-pattern: met" in text
+    assert "PostgreSQL through the latency proxy, +0.5 ms each way: 500 chunks" in text
+    # The variants stay out of the main table and its ratios.
+    main_table = text.split("#### Targets")[0]
+    assert "db +0.5 ms" not in main_table
+    assert "open loop" not in main_table.split("#### Results")[1]
+
+
+def test_open_loop_rates_are_tabled_and_judged() -> None:
+    report = _variant_report()
+    found = {v.scenario: v for v in verdicts(report) if v.scenario.startswith("mixed @")}
+    kept = found["mixed @ open loop 500/s"]
+    assert kept.met is True
+    behind = found["mixed @ open loop 1000/s"]
+    assert behind.met is False
+    assert behind.shortfall == (
+        "p95 22.5x over; p99 15.0x over; achieved 2.4x short; 1,200 dropped"
+    )
+    text = render_report(report)
+    assert "#### Open loop: `mixed` at constant arrival rates" in text
+    assert (
+        "| 1,000 | 2 | 410 | 450 | 900 | 1500 | 1500 | 3.0 | 3.0 | 0 | 2,200 | 7 | 1,200 "
+        "| 1,200 | 64 → 80 | p95 ≤ 40 ms, p99 ≤ 100 ms, rate kept: **missed** |"
+    ) in text
+    assert "| 500 | 2 | 499 |" in text
+
+
+def test_median_of_open_loop_rounds_adds_the_counts() -> None:
+    first, second = _open(1000, 100, 200, 900, 10), _open(1000, 300, 400, 700, 30)
+    median = median_run([first, second])
+    assert median.open_loop is not None
+    assert (median.open_loop.dropped, median.open_loop.scheduled) == (40, 2040)
+    assert median.result.latency.p99 == 300
+    assert median.variant == "open loop 1000/s"
+
+
+def test_results_round_trip_and_the_before_after_table(tmp_path: Path) -> None:
+    report = _variant_report()
+    report.previous = load_results(BASELINE)
+    path = tmp_path / "results.json"
+    write_results(path, results_document(report))
+    document = load_results(path)
+    assert set(document["runs"]) == {
+        "listing",
+        "naive-listing",
+        "availability-cold",
+        "naive-availability",
+        "listing @ db +0.5 ms",
+        "naive-listing @ db +0.5 ms",
+        "mixed @ open loop 500/s",
+        "mixed @ open loop 1000/s",
+    }
+    assert document["runs"]["mixed @ open loop 1000/s"]["open_loop"]["dropped"] == 1200
+    assert document["ratios"]["0.5"] == {"listing ÷ naive-listing": 25.0}
+    assert document["ratios"]["0"]["listing ÷ naive-listing"] == 0.75
+
+    lines = render_comparison(load_results(BASELINE), document)
+    text = "\n".join(lines)
+    assert lines[0] == "#### Before / after: run of 2026-12-01 07:30 UTC → this run"
+    # listing: 286 req/s, p99 675 ms on 2026-12-01.
+    assert "| listing | 286 → 300 | +5 % (better) | 201 → 10.0 | 507 → 20.0 | 675 → 40.0 " in text
+    assert "| 16.9x less (better) | 0 → 0 |" in text
+    assert "| mixed @ open loop 500/s | - → 499 | - |" in text
+    assert "| constant | 12,525 → - | - |" in text  # measured before, not now
+    assert "| listing ÷ naive-listing | 0.78 → 0.75 |" in text
+    assert "| listing ÷ naive-listing (database +0.5 ms each way) | - → 25.00 |" in text
+    assert "| listing ≥ 20x its anti-pattern's throughput | 0.78 (missed) | 0.75 (missed) |" in text
+    assert "| mixed: no errors | 0 (met) | - |" in text
+    assert "#### Before / after" in render_report(report)
+    (tmp_path / "other.json").write_text('{"format": "other"}')
+    with pytest.raises(ValueError, match="carebook-load-results"):
+        load_results(tmp_path / "other.json")
+
+
+def test_the_transcribed_baseline_holds_the_complete_run() -> None:
+    baseline = load_results(BASELINE)
+    runs = baseline["runs"]
+    assert len(runs) == len(SCENARIOS) + 2  # every scenario and baseline, and the scale check
+    assert runs["mixed"]["throughput"] == 303
+    assert (runs["mixed"]["p95_ms"], runs["mixed"]["p99_ms"]) == (428, 475)
+    assert runs["availability-cold @ 10 M"]["p50_ms"] == 148
+    assert baseline["ratios"]["0"]["availability-warm ÷ constant"] == 0.14
+    assert sum(1 for t in baseline["targets"] if t["met"]) == 4
