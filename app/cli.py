@@ -2,17 +2,23 @@
 
 With no `CAREBOOK_DATABASE_URL` / `CAREBOOK_REDIS_URL`, every command uses the embedded
 PostgreSQL and Redis under the data folder, also while `carebook serve` is running.
+
+SIGTERM (docker stop, Kubernetes, systemd) and SIGINT (Ctrl-C) stop every command the same
+way: the API and the worker shut down gracefully, then the embedded servers stop. `serve` and
+`worker` then exit 0; a command cut short exits 128 + the signal number (130, 143).
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Iterator
+import signal
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated
+from types import FrameType
+from typing import Annotated, Any
 
 import typer
 
@@ -41,6 +47,73 @@ DataDir = Annotated[
 ]
 
 
+class _StopSignals:
+    """SIGTERM is handled as Ctrl-C is: as KeyboardInterrupt, so every `finally` runs, the one
+    that stops the embedded servers included.
+
+    While uvicorn serves and while `carebook worker` runs, their own handlers take over and
+    shut down gracefully; uvicorn then re-raises the signal it caught, which lands here rather
+    than in SIGTERM's default action (dying on the spot, orphaning the servers). While servers
+    start or stop, a signal is held back: an interruption there would leave one running.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._holding = 0
+        self._held = False
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        self.received = signum
+        if self._holding:
+            self._held = True
+            return
+        raise KeyboardInterrupt
+
+    def _install(self) -> None:
+        for signum in self.SIGNALS:
+            signal.signal(signum, self._handle)
+
+    @contextmanager
+    def handling(self) -> Iterator[None]:
+        """For one command: exits with 128 + the signal number when it cuts the command short."""
+        previous: dict[int, Callable[[int, FrameType | None], Any] | int | None] = {
+            signum: signal.getsignal(signum) for signum in self.SIGNALS
+        }
+        self.received, self._holding, self._held = None, 0, False
+        self._install()
+        try:
+            yield
+        except KeyboardInterrupt as interrupt:
+            if self.received is None:
+                raise
+            name = signal.Signals(self.received).name
+            typer.echo(f"Stopped by {name}.", err=True)
+            raise typer.Exit(code=128 + self.received) from interrupt
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+    @contextmanager
+    def held(self, *, then_raise: bool) -> Iterator[None]:
+        """No interruption inside; a signal received meanwhile takes effect after it
+        (`then_raise`) or was only the request to do what is being done anyway (stopping)."""
+        # asyncio's loop and uvicorn's process supervisor leave handlers of their own behind.
+        self._install()
+        self._holding += 1
+        try:
+            yield
+        finally:
+            self._holding -= 1
+        if then_raise and self._held and not self._holding:
+            self._held = False
+            raise KeyboardInterrupt
+
+
+_stop_signals = _StopSignals()
+
+
 def _reload_settings() -> Settings:
     get_settings.cache_clear()
     return get_settings()
@@ -52,29 +125,36 @@ def _environment(data_dir: Path | None, *, with_redis: bool) -> Iterator[Setting
 
     In embedded mode the schema is migrated on the way in (nobody else would), and the job
     worker runs inside the API process. With URLs set, migrating is the deploy's business
-    (`carebook migrate`) and nothing here changes the schema.
+    (`carebook migrate`) and nothing here changes the schema. SIGTERM and SIGINT end the
+    command in order, stopping the embedded servers last.
     """
-    if data_dir is not None:
-        os.environ["CAREBOOK_DATA_DIR"] = str(data_dir.resolve())
-    settings = _reload_settings()
-    if not settings.embedded:
-        yield settings
-        return
-    os.environ.setdefault("CAREBOOK_RUN_WORKER_IN_PROCESS", "true")
-    servers = EmbeddedServers(settings.data_dir, with_redis=with_redis and not settings.redis_url)
-    typer.echo(f"Embedded mode: data in {settings.data_dir}", err=True)
-    database_url, redis_url = servers.start()
-    try:
-        os.environ["CAREBOOK_DATABASE_URL"] = database_url
-        if redis_url:
-            os.environ["CAREBOOK_REDIS_URL"] = redis_url
-        if settings.jwt_secret.get_secret_value() == DEVELOPMENT_JWT_SECRET:
-            os.environ["CAREBOOK_JWT_SECRET"] = ensure_secret_file(settings.data_dir / "jwt-secret")
-        embedded_settings = _reload_settings()
-        _migrate(embedded_settings)
-        yield embedded_settings
-    finally:
-        servers.stop()
+    with _stop_signals.handling():
+        if data_dir is not None:
+            os.environ["CAREBOOK_DATA_DIR"] = str(data_dir.resolve())
+        settings = _reload_settings()
+        if not settings.embedded:
+            yield settings
+            return
+        os.environ.setdefault("CAREBOOK_RUN_WORKER_IN_PROCESS", "true")
+        servers = EmbeddedServers(
+            settings.data_dir, with_redis=with_redis and not settings.redis_url
+        )
+        typer.echo(f"Embedded mode: data in {settings.data_dir}", err=True)
+        try:
+            with _stop_signals.held(then_raise=True):
+                database_url, redis_url = servers.start()
+            os.environ["CAREBOOK_DATABASE_URL"] = database_url
+            if redis_url:
+                os.environ["CAREBOOK_REDIS_URL"] = redis_url
+            if settings.jwt_secret.get_secret_value() == DEVELOPMENT_JWT_SECRET:
+                secret = ensure_secret_file(settings.data_dir / "jwt-secret")
+                os.environ["CAREBOOK_JWT_SECRET"] = secret
+            embedded_settings = _reload_settings()
+            _migrate(embedded_settings)
+            yield embedded_settings
+        finally:
+            with _stop_signals.held(then_raise=False):
+                servers.stop()
 
 
 @contextmanager

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+from types import FrameType
 
 from arq.worker import Worker
 from redis.exceptions import RedisError
@@ -52,14 +53,28 @@ async def run_worker(
 
 async def run_until_signalled(settings: Settings) -> None:
     """`carebook worker`: `run_worker` until SIGTERM or SIGINT. Running jobs are cancelled and
-    stay queued, so another worker runs them again (they are idempotent)."""
+    stay queued, so another worker runs them again (they are idempotent). The caller's signal
+    handlers are back in place on return (the CLI stops the embedded servers after this)."""
     task = asyncio.current_task()
     assert task is not None
     loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, task.cancel)
-    with contextlib.suppress(asyncio.CancelledError):
-        await run_worker(settings)
+    stopping = False
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        nonlocal stopping
+        if not stopping:  # a second signal must not cut the shutdown short
+            stopping = True
+            loop.call_soon_threadsafe(task.cancel)
+
+    # Not loop.add_signal_handler: closing the loop would reset SIGTERM to its default action,
+    # death on the spot, until the caller had installed its handler again.
+    previous = {signum: signal.signal(signum, stop) for signum in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        with contextlib.suppress(asyncio.CancelledError):
+            await run_worker(settings)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     logger.info("worker stopped")
 
 

@@ -3,6 +3,11 @@
 One module-scoped run keeps this fast: `serve --demo` starts embedded PostgreSQL and Redis under
 a data folder of its own, migrates, seeds and serves; other commands share those servers while
 it runs; Ctrl-C (SIGINT) stops everything; a second `serve` on the same folder reuses the data.
+
+Then SIGTERM (what docker stop, Kubernetes and systemd send) and SIGINT, sent to `serve`,
+`worker` and a long `seed --scale` on a second folder: each stops its API, worker and embedded
+servers, leaves no process behind, and the next start on the folder works. So does a start
+after a run that was killed outright and left its servers running.
 """
 
 from __future__ import annotations
@@ -74,17 +79,38 @@ def _is_alive(pid: int) -> bool:
     return state not in {"Z", "X"}
 
 
+def _cwd(pid: int) -> str:
+    try:
+        return os.readlink(f"/proc/{pid}/cwd")
+    except OSError:
+        return ""
+
+
 def _processes_using(data_dir: Path) -> dict[int, str]:
-    """Live processes whose command line names the data folder (or a path inside it)."""
+    """Live processes whose command line or working directory names the data folder (or a path
+    inside it)."""
     folder = str(data_dir)
+
+    def names_it(text: str) -> bool:
+        return text == folder or folder + "/" in text or text.startswith(folder + "/")
+
     found: dict[int, str] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
-        args = _cmdline(int(entry.name))
-        if any(arg == folder or folder + "/" in arg for arg in args) and _is_alive(int(entry.name)):
-            found[int(entry.name)] = " ".join(args)
+        pid = int(entry.name)
+        args = _cmdline(pid)
+        if (any(names_it(arg) for arg in args) or names_it(_cwd(pid))) and _is_alive(pid):
+            found[pid] = " ".join(args)
     return found
+
+
+def wait_until_nothing_uses(data_dir: Path, run: Run) -> None:
+    """Every process of the folder ends (servers that outlive their command never would)."""
+    deadline = time.monotonic() + STOP_DEADLINE_SECONDS
+    while (left := _processes_using(data_dir)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert left == {}, f"still running: {left}\n{run.describe()}"
 
 
 def _postmaster_pid(data_dir: Path) -> int:
@@ -97,51 +123,66 @@ def _redis_pids(data_dir: Path) -> list[int]:
 
 
 @dataclass
-class Serve:
+class Run:
+    """One `carebook` command running in the background, its output in a log file."""
+
     process: subprocess.Popen[bytes]
-    port: int
     log_path: Path
+    command: str
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
     def describe(self) -> str:
-        return f"carebook serve (pid {self.process.pid}, port {self.port}) log:\n{self.log()}"
+        return f"carebook {self.command} (pid {self.process.pid}) log:\n{self.log()}"
+
+
+@dataclass
+class Serve(Run):
+    port: int
+
+    def describe(self) -> str:
+        return f"port {self.port}, {super().describe()}"
 
 
 @dataclass
 class Embedded:
     data_dir: Path
     log_dir: Path
-    runs: list[Serve] = field(default_factory=list)
+    runs: list[Run] = field(default_factory=list)
+    serves: list[Serve] = field(default_factory=list)
 
     @property
     def current(self) -> Serve:
-        return self.runs[-1]
+        return self.serves[-1]
 
-    def start_serve(self, *extra: str) -> Serve:
-        port = _free_port()
-        log_path = self.log_dir / f"serve-{len(self.runs) + 1}.log"
+    def _popen(self, command: str, *args: str) -> tuple[subprocess.Popen[bytes], Path]:
+        log_path = self.log_dir / f"{command}-{len(self.runs) + 1}.log"
         with log_path.open("wb") as log:
             process = subprocess.Popen(
-                [
-                    str(CAREBOOK),
-                    "serve",
-                    "--data-dir",
-                    str(self.data_dir),
-                    "--port",
-                    str(port),
-                    *extra,
-                ],
+                [str(CAREBOOK), command, "--data-dir", str(self.data_dir), *args],
                 env=_env(),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        serve = Serve(process, port, log_path)
+        return process, log_path
+
+    def start_serve(self, *extra: str) -> Serve:
+        port = _free_port()
+        process, log_path = self._popen("serve", "--port", str(port), *extra)
+        serve = Serve(process, log_path, "serve", port)
         self.runs.append(serve)
+        self.serves.append(serve)
         return serve
+
+    def start(self, command: str, *args: str) -> Run:
+        """Any other command, in the background."""
+        process, log_path = self._popen(command, *args)
+        run = Run(process, log_path, command)
+        self.runs.append(run)
+        return run
 
     def run_cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -156,14 +197,14 @@ class Embedded:
 
     def kill_everything(self) -> None:
         """Teardown: stop what is still running, gently first, and every server we caused."""
-        for serve in self.runs:
-            if serve.process.poll() is None:
-                serve.process.send_signal(signal.SIGINT)
+        for run in self.runs:
+            if run.process.poll() is None:
+                run.process.send_signal(signal.SIGINT)
                 try:
-                    serve.process.wait(STOP_DEADLINE_SECONDS)
+                    run.process.wait(STOP_DEADLINE_SECONDS)
                 except subprocess.TimeoutExpired:
-                    os.killpg(serve.process.pid, signal.SIGKILL)
-                    serve.process.wait(10)
+                    os.killpg(run.process.pid, signal.SIGKILL)
+                    run.process.wait(10)
         # Servers left behind by a failed run (started by our serve processes, so ours to end).
         for pid in _processes_using(self.data_dir):
             with contextlib.suppress(ProcessLookupError):
@@ -192,14 +233,30 @@ def wait_ready(serve: Serve) -> dict[str, Any]:
     )
 
 
-def stop_with_sigint(serve: Serve) -> int:
-    serve.process.send_signal(signal.SIGINT)
+def wait_for_line(run: Run, text: str) -> None:
+    """`text` appears in the command's output while it still runs."""
+    deadline = time.monotonic() + READY_DEADLINE_SECONDS
+    while text not in run.log():
+        if run.process.poll() is not None:
+            pytest.fail(f"exited with {run.process.returncode} before {text!r}\n{run.describe()}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"no {text!r} within {READY_DEADLINE_SECONDS:.0f} s\n{run.describe()}")
+        time.sleep(0.1)
+
+
+def stop_with(run: Run, signum: signal.Signals) -> int:
+    run.process.send_signal(signum)
     try:
-        return serve.process.wait(STOP_DEADLINE_SECONDS)
+        return run.process.wait(STOP_DEADLINE_SECONDS)
     except subprocess.TimeoutExpired:
         pytest.fail(
-            f"serve did not stop within {STOP_DEADLINE_SECONDS:.0f} s of SIGINT\n{serve.describe()}"
+            f"{run.command} did not stop within {STOP_DEADLINE_SECONDS:.0f} s of {signum.name}\n"
+            f"{run.describe()}"
         )
+
+
+def stop_with_sigint(serve: Serve) -> int:
+    return stop_with(serve, signal.SIGINT)
 
 
 def login(port: int, email: str, password: str) -> httpx.Response:
@@ -378,3 +435,167 @@ def test_sigint_stops_everything_and_a_restart_reuses_the_data(embedded: Embedde
     code = stop_with_sigint(second)
     assert code == 0, f"serve exited with {code} on SIGINT\n{second.describe()}"
     assert _processes_using(embedded.data_dir) == {}, second.describe()
+
+
+# --- SIGTERM and SIGINT, for each long-running command, on a folder of their own --------------
+
+STOP_SIGNALS = [pytest.param(signum, id=signum.name) for signum in (signal.SIGTERM, signal.SIGINT)]
+SEED_SCALE_INTERRUPTED = 200_000  # seconds of work after its first line, on any machine
+
+
+@pytest.fixture(scope="module")
+def signals_data_dir() -> Iterator[Path]:
+    data_dir = Path(tempfile.mkdtemp(prefix="cb-", dir="/tmp"))
+    try:
+        yield data_dir
+    finally:
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def signalled(signals_data_dir: Path, tmp_path: Path) -> Iterator[Embedded]:
+    """The folder is shared (initialised once), the processes are each test's: every test
+    leaves nothing running, and a failed one does not leak into the next."""
+    run = Embedded(data_dir=signals_data_dir, log_dir=tmp_path)
+    try:
+        yield run
+    finally:
+        run.kill_everything()
+
+
+def _in_order(log: str, *lines: str) -> bool:
+    positions = [log.find(line) for line in lines]
+    return -1 not in positions and positions == sorted(positions)
+
+
+@pytest.mark.parametrize("signum", STOP_SIGNALS)
+def test_a_stop_signal_stops_serve_its_worker_and_its_servers(
+    signalled: Embedded, signum: signal.Signals
+) -> None:
+    serve = signalled.start_serve()
+    wait_ready(serve)
+    wait_for_line(serve, "worker started")
+    postmaster = _postmaster_pid(signalled.data_dir)
+    redis = _redis_pids(signalled.data_dir)
+    assert redis, _processes_using(signalled.data_dir)
+
+    code = stop_with(serve, signum)
+    assert code == 0, f"serve exited with {code} on {signum.name}\n{serve.describe()}"
+    wait_until_nothing_uses(signalled.data_dir, serve)
+    assert not _is_alive(postmaster)
+    assert not any(_is_alive(pid) for pid in redis)
+    # The API (and the worker inside it) first, the servers after.
+    assert _in_order(
+        serve.log(), "Application shutdown complete", "done with the embedded servers"
+    ), serve.describe()
+
+    again = signalled.start_serve()
+    ready = wait_ready(again)
+    assert ready["database"] == "ok"
+    assert ready["redis"] == "ok"
+    assert stop_with(again, signum) == 0, again.describe()
+    wait_until_nothing_uses(signalled.data_dir, again)
+
+
+@pytest.mark.parametrize("signum", STOP_SIGNALS)
+def test_a_stop_signal_stops_the_worker_and_its_servers(
+    signalled: Embedded, signum: signal.Signals
+) -> None:
+    worker = signalled.start("worker")
+    wait_for_line(worker, "worker started")
+    assert _redis_pids(signalled.data_dir), _processes_using(signalled.data_dir)
+
+    code = stop_with(worker, signum)
+    assert code == 0, f"worker exited with {code} on {signum.name}\n{worker.describe()}"
+    wait_until_nothing_uses(signalled.data_dir, worker)
+    assert _in_order(worker.log(), "worker stopped", "done with the embedded servers"), (
+        worker.describe()
+    )
+
+    again = signalled.start("worker")
+    wait_for_line(again, "worker started")
+    assert stop_with(again, signum) == 0, again.describe()
+    wait_until_nothing_uses(signalled.data_dir, again)
+
+
+def test_sigterm_cuts_a_long_seed_short_and_stops_its_servers(signalled: Embedded) -> None:
+    seed = signalled.start("seed", "--scale", str(SEED_SCALE_INTERRUPTED))
+    wait_for_line(seed, "Planning")  # inside its transaction, with the servers running
+
+    code = stop_with(seed, signal.SIGTERM)
+    assert code == 128 + signal.SIGTERM, f"seed exited with {code}\n{seed.describe()}"
+    assert "Stopped by SIGTERM." in seed.log(), seed.describe()
+    assert "Traceback" not in seed.log(), seed.describe()
+    wait_until_nothing_uses(signalled.data_dir, seed)
+
+    # The next run starts the servers again, and the interrupted load was rolled back whole.
+    result = signalled.run_cli("seed", "--scale", "50")
+    assert result.returncode == 0, f"{result.stdout}\n{result.stderr}"
+    assert "Seeded 50 appointments" in result.stdout, result.stdout
+    assert _processes_using(signalled.data_dir) == {}
+
+
+def test_servers_left_by_a_killed_run_are_reused_then_stopped(signalled: Embedded) -> None:
+    """A run killed outright (SIGKILL, an out-of-memory kill) cannot stop its servers; the next
+    run takes them over and stops them when it ends."""
+    crashed = signalled.start_serve()
+    wait_ready(crashed)
+    postmaster = _postmaster_pid(signalled.data_dir)
+    redis = _redis_pids(signalled.data_dir)
+    crashed.process.kill()  # the command only: its servers run in sessions of their own
+    crashed.process.wait(STOP_DEADLINE_SECONDS)
+    assert _is_alive(postmaster)
+    assert redis
+    assert all(_is_alive(pid) for pid in redis)
+
+    serve = signalled.start_serve()
+    ready = wait_ready(serve)
+    assert ready["database"] == "ok"
+    assert ready["redis"] == "ok"
+    assert _postmaster_pid(signalled.data_dir) == postmaster  # reused, not a second server
+    assert _redis_pids(signalled.data_dir) == redis
+
+    assert stop_with(serve, signal.SIGTERM) == 0, serve.describe()
+    wait_until_nothing_uses(signalled.data_dir, serve)
+
+
+def test_the_last_command_to_stop_stops_the_shared_servers(signalled: Embedded) -> None:
+    """`worker` next to `serve` shares its servers; stopping `serve` leaves them to the worker,
+    which stops them when it is stopped in turn."""
+    serve = signalled.start_serve()
+    wait_ready(serve)
+    postmaster = _postmaster_pid(signalled.data_dir)
+    redis = _redis_pids(signalled.data_dir)
+    worker = signalled.start("worker")
+    wait_for_line(worker, "worker started")
+    assert _redis_pids(signalled.data_dir) == redis  # shared, not a second one
+
+    assert stop_with(serve, signal.SIGTERM) == 0, serve.describe()
+    assert worker.process.poll() is None, worker.describe()
+    assert _is_alive(postmaster)
+    assert all(_is_alive(pid) for pid in redis)
+    assert "worker lost redis" not in worker.log(), worker.describe()
+
+    assert stop_with(worker, signal.SIGTERM) == 0, worker.describe()
+    wait_until_nothing_uses(signalled.data_dir, worker)
+
+
+def test_a_start_after_the_servers_were_killed_too_works(signalled: Embedded) -> None:
+    """Everything killed outright leaves postmaster.pid, Redis's pid file and socket, and
+    the lists of users behind; the next start copes with all of them."""
+    crashed = signalled.start_serve()
+    wait_ready(crashed)
+    crashed.process.kill()
+    crashed.process.wait(STOP_DEADLINE_SECONDS)
+    for pid in _processes_using(signalled.data_dir):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    assert (signalled.data_dir / "postgres" / "postmaster.pid").exists()
+    assert (signalled.data_dir / "redis" / "redis.sock").exists()
+
+    serve = signalled.start_serve()
+    ready = wait_ready(serve)
+    assert ready["database"] == "ok"
+    assert ready["redis"] == "ok"
+    assert stop_with(serve, signal.SIGTERM) == 0, serve.describe()
+    wait_until_nothing_uses(signalled.data_dir, serve)
