@@ -155,5 +155,6 @@ class WorkerSettings:
     redis_settings = _options.get("redis_settings")
     on_startup = _options.get("on_startup")
     on_shutdown = _options.get("on_shutdown")
+    on_job_start = _options.get("on_job_start")
     health_check_interval = _options.get("health_check_interval", 30)
     health_check_key = _options.get("health_check_key")
