@@ -89,6 +89,13 @@ class Settings(BaseSettings):
     job_retry_max_seconds: float = Field(default=600.0, gt=0, le=86400)
     # Reminder pushes, in minutes before the visit (JSON list in the environment).
     reminder_lead_minutes: list[int] = Field(default=[1440, 60], max_length=5)
+    # Recovery of owed work from PostgreSQL alone (workers/recovery.py): every this many seconds
+    # the worker re-plans what is still owed (pushes, rooms, events lost with Redis) once it is
+    # older than the grace; a running job holds a lease on itself, so a killed worker's jobs run
+    # again this soon (ARQ alone waits for the longest job timeout).
+    recovery_interval_seconds: int = Field(default=5, ge=1, le=30)
+    recovery_grace_seconds: float = Field(default=10.0, ge=0, le=3600)
+    job_lease_seconds: float = Field(default=15.0, ge=3, le=600)
 
     # Third-party services (VideoSDK, FCM): disabled while their base URL is unset.
     videosdk_base_url: str | None = None  # e.g. https://api.videosdk.live

@@ -47,6 +47,10 @@ async def run_worker(
             )
         finally:
             await close_worker(worker)
+        # A worker that got as far as its startup had Redis: a later outage starts over from
+        # the shortest delay, so the worker is back within a second or two of Redis.
+        if "database" in worker.ctx:
+            delay = min(1.0, restart_max_seconds)
         await asyncio.sleep(delay)
         delay = min(delay * 2, restart_max_seconds)
 

@@ -25,7 +25,9 @@ from app.settings import Settings, get_settings
 from app.video.tasks import RECONCILE_EVERY_MINUTES, retry_video_rooms, sync_video_room
 from workers.events import expire_idempotency_keys, handle_event, sweep_outbox
 from workers.health import health_check_key
+from workers.leases import Leases, job_started
 from workers.outbox import OutboxRelay
+from workers.recovery import recover_owed_work
 from workers.telemetry import instrumented
 
 CALLING_OUT_TIMEOUT_SECONDS = 300
@@ -43,6 +45,11 @@ def _startup_for(settings: Settings, *, relay: bool) -> Any:
         for name, adapter in (("videosdk", VideoSdk(settings)), ("fcm", Fcm(settings))):
             adapter.publish_breaker_state(ctx["redis"])
             ctx[name] = adapter
+        # The recovery pass's cursors live as long as this worker (jobs get copies of ctx).
+        ctx["recovery_cursors"] = {}
+        leases = Leases(ctx["redis"], settings.job_lease_seconds)
+        ctx["leases"] = leases
+        ctx["lease_task"] = asyncio.create_task(leases.run(), name="job-leases")
         if relay:
             outbox_relay = OutboxRelay(ctx["database"], ctx["redis"])
             ctx["relay_task"] = asyncio.create_task(outbox_relay.run(), name="outbox-relay")
@@ -51,9 +58,10 @@ def _startup_for(settings: Settings, *, relay: bool) -> Any:
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
-    task: asyncio.Task[None] | None = ctx.get("relay_task")
-    if task is not None:
-        await stop_task(task)  # a plain cancel can be swallowed by a client mid-call
+    for name in ("relay_task", "lease_task"):
+        task: asyncio.Task[None] | None = ctx.get(name)
+        if task is not None:
+            await stop_task(task)  # a plain cancel can be swallowed by a client mid-call
     for name in ("videosdk", "fcm"):
         adapter: ServiceAdapter | None = ctx.get(name)
         if adapter is not None:
@@ -86,6 +94,7 @@ def worker_options(settings: Settings, *, relay: bool = True) -> dict[str, Any]:
                 handle_event,
                 purge_refresh_tokens,
                 sweep_outbox,
+                recover_owed_work,
                 expire_idempotency_keys,
                 catch_up_reminders,
                 retry_video_rooms,
@@ -95,15 +104,18 @@ def worker_options(settings: Settings, *, relay: bool = True) -> dict[str, Any]:
         + [func(instrumented(rebuild_clinic_stats), timeout=REBUILD_TIMEOUT_SECONDS)],
         "cron_jobs": [
             cron(instrumented(sweep_outbox), second={7}, run_at_startup=True),
-            cron(instrumented(expire_idempotency_keys), minute={23}),
-            cron(instrumented(purge_refresh_tokens), hour={3}, minute={17}),
-            # Both also run at startup: that is when downtime has left work behind.
+            # What Redis lost, planned again within seconds of its return (workers/recovery.py);
+            # a rebuilt worker (Redis was back) runs it at once.
             cron(
-                instrumented(catch_up_reminders),
-                minute=every_five_minutes,
-                second={37},
+                instrumented(recover_owed_work),
+                second=set(range(0, 60, settings.recovery_interval_seconds)),
                 run_at_startup=True,
             ),
+            cron(instrumented(expire_idempotency_keys), minute={23}),
+            cron(instrumented(purge_refresh_tokens), hour={3}, minute={17}),
+            # Both also run at startup: that is when downtime has left work behind. A reminder
+            # lost with Redis is sent at most a minute after it falls due.
+            cron(instrumented(catch_up_reminders), second={37}, run_at_startup=True),
             cron(
                 instrumented(retry_video_rooms),
                 minute=every_five_minutes,
@@ -125,6 +137,9 @@ def worker_options(settings: Settings, *, relay: bool = True) -> dict[str, Any]:
         "health_check_interval": settings.worker_health_check_interval_seconds,
         # One key per host, so a worker's liveness probe is about that worker (workers/health.py).
         "health_check_key": health_check_key(),
+        # A running job holds a short lease instead of ARQ's long in-progress mark
+        # (workers/leases.py), so a killed worker's jobs run again within seconds.
+        "on_job_start": job_started,
         "max_jobs": 20,
         "job_timeout": 60,
         "keep_result": 3600,
@@ -140,5 +155,6 @@ class WorkerSettings:
     redis_settings = _options.get("redis_settings")
     on_startup = _options.get("on_startup")
     on_shutdown = _options.get("on_shutdown")
+    on_job_start = _options.get("on_job_start")
     health_check_interval = _options.get("health_check_interval", 30)
     health_check_key = _options.get("health_check_key")

@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import logging
 import random
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from arq import Retry
 from arq.connections import ArqRedis
+from arq.constants import job_key_prefix, result_key_prefix
 
 from app.kit import telemetry
 from app.kit.resilience import CircuitOpen, ServiceUnavailable
@@ -42,6 +46,43 @@ async def enqueue(
         function, *args, _job_id=job_id, _defer_until=defer_until, **kwargs
     )
     return job is not None
+
+
+async def unknown_jobs(queue: ArqRedis, job_ids: list[str]) -> list[str]:
+    """The ids Redis has neither a job (queued, deferred, running) nor a kept result for: what
+    a Redis restart or flush lost. One round trip for the lot. ARQ writes the result and drops
+    the job in one transaction, so a job never looks unknown while it finishes."""
+    if not job_ids:
+        return []
+    async with queue.pipeline(transaction=False) as pipe:
+        for job_id in job_ids:
+            pipe.exists(job_key_prefix + job_id, result_key_prefix + job_id)
+        known = await pipe.execute()
+    return [job_id for job_id, count in zip(job_ids, known, strict=True) if not count]
+
+
+Row = TypeVar("Row")
+Position = tuple[datetime, uuid.UUID]
+
+
+@dataclass
+class Rotation:
+    """A keyset cursor over a recovery pass's work list that wraps around at its end.
+
+    Each pass reads the batch after the last one, so rows that stay owed for long (their jobs
+    still retrying) cannot hide the rows behind them from a bounded batch."""
+
+    after: Position | None = None
+
+    def advance(self, rows: Sequence[Row], limit: int, key: Callable[[Row], Position]) -> None:
+        self.after = key(rows[-1]) if rows and len(rows) >= limit else None
+
+
+def rotation(ctx: dict[str, Any], name: str) -> Rotation:
+    """This worker's cursor for the pass `name` (kept in the worker's context; a pass called
+    with a context of its own starts from the beginning)."""
+    cursors: dict[str, Rotation] = ctx.get("recovery_cursors", {})
+    return cursors.setdefault(name, Rotation())
 
 
 def job_try(ctx: dict[str, Any]) -> int:

@@ -80,6 +80,25 @@ _REPUBLISH_LOST = text(
     WHERE published_at < :cutoff AND processed_at IS NULL AND attempts < :max_attempts
     """
 )
+# Handed to the queue and not processed yet, oldest first (ix_outbox_unprocessed).
+_IN_FLIGHT = text(
+    """
+    SELECT id, attempts FROM outbox
+    WHERE published_at IS NOT NULL AND processed_at IS NULL
+      AND published_at < :cutoff AND attempts < :max_attempts
+    ORDER BY published_at
+    LIMIT :limit
+    """
+)
+# Only the delivery that was checked: a relay may have handed the event over again meanwhile.
+_REPUBLISH = text(
+    """
+    UPDATE outbox SET published_at = NULL
+    FROM unnest(CAST(:ids AS bigint[]), CAST(:attempts AS integer[])) AS lost(id, attempts)
+    WHERE outbox.id = lost.id AND outbox.attempts = lost.attempts
+      AND outbox.published_at IS NOT NULL AND outbox.processed_at IS NULL
+    """
+)
 _DEAD_LETTERS = text(
     "SELECT count(*) FROM outbox WHERE processed_at IS NULL AND attempts >= :max_attempts"
 )
@@ -134,6 +153,23 @@ async def republish_lost(session: AsyncSession, older_than: datetime, max_attemp
     result = await session.execute(
         _REPUBLISH_LOST, {"cutoff": older_than, "max_attempts": max_attempts}
     )
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+async def in_flight(
+    session: AsyncSession, older_than: datetime, max_attempts: int, limit: int
+) -> Sequence[AnyRow]:
+    """Events handed to the queue before `older_than` and not processed: (id, attempts)."""
+    params = {"cutoff": older_than, "max_attempts": max_attempts, "limit": limit}
+    return (await session.execute(_IN_FLIGHT, params)).all()
+
+
+async def republish(session: AsyncSession, deliveries: Sequence[tuple[int, int]]) -> int:
+    """Hand these (event id, attempts) deliveries over again, now: their jobs are known lost."""
+    if not deliveries:
+        return 0
+    ids, attempts = zip(*deliveries, strict=True)
+    result = await session.execute(_REPUBLISH, {"ids": list(ids), "attempts": list(attempts)})
     return int(getattr(result, "rowcount", 0) or 0)
 
 

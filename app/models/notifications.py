@@ -30,7 +30,17 @@ class Notification(Base):
     """The in-app feed: every push is also written here."""
 
     __tablename__ = "notifications"
-    __table_args__ = (Index("ix_notifications_user_id_created_at", "user_id", "created_at", "id"),)
+    __table_args__ = (
+        Index("ix_notifications_user_id_created_at", "user_id", "created_at", "id"),
+        # The worker's recovery pass reads the pushes still owed, oldest first; tiny while
+        # FCM keeps up (in-app-only notices stay in it, bounded by the pass's time window).
+        Index(
+            "ix_notifications_unpushed",
+            "created_at",
+            "id",
+            postgresql_where="pushed_at IS NULL",
+        ),
+    )
 
     id: Mapped[uuid.UUID] = uuid_pk()
     user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))

@@ -73,6 +73,29 @@ async def mark_pushed(session: AsyncSession, notification_id: uuid.UUID) -> None
     )
 
 
+async def unpushed(
+    session: AsyncSession,
+    *,
+    created_after: datetime,
+    created_before: datetime,
+    after: tuple[datetime, uuid.UUID] | None,
+    skip_kinds: Sequence[str],
+    limit: int,
+) -> Sequence[AnyRow]:
+    """Notifications not pushed yet, created inside the window, keyset after `after` on
+    (created_at, id): served by ix_notifications_unpushed."""
+    query = select(Notification.id, Notification.created_at).where(
+        Notification.pushed_at.is_(None),
+        Notification.created_at > created_after,
+        Notification.created_at < created_before,
+        Notification.kind.not_in(skip_kinds),
+    )
+    if after is not None:
+        query = query.where(tuple_(Notification.created_at, Notification.id) > after)
+    query = query.order_by(Notification.created_at, Notification.id).limit(limit)
+    return (await session.execute(query)).all()
+
+
 async def feed(
     session: AsyncSession,
     user_id: uuid.UUID,

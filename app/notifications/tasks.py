@@ -18,7 +18,7 @@ from arq.connections import ArqRedis
 from app.appointments import service as appointments
 from app.integrations.fcm import Fcm
 from app.kit.db import Database
-from app.kit.jobs import enqueue, is_last_try, retry_later
+from app.kit.jobs import enqueue, is_last_try, retry_later, rotation, unknown_jobs
 from app.kit.outbox import Event
 from app.kit.resilience import PermanentFailure, ServiceUnavailable
 from app.models import AppointmentStatus
@@ -31,15 +31,24 @@ DELIVER = "deliver_notification"
 SEND_REMINDER = "send_reminder"
 APPOINTMENT_TOPICS = ("appointment.booked", "appointment.cancelled", "appointment.rescheduled")
 CATCH_UP_BATCH = 1000
+# Notices that only ever live in the feed (staff alerts): no push is owed for them.
+IN_APP_ONLY_KINDS = ("video_failed",)
+# A push not delivered a day after its notice is not planned again (its news is stale).
+RECOVERY_HORIZON = timedelta(days=1)
+RECOVERY_BATCH = 500
 
 
 def _instant(value: Any) -> datetime | None:
     return datetime.fromisoformat(value) if isinstance(value, str) else None
 
 
+def push_job_id(notification_id: uuid.UUID | str) -> str:
+    return f"push:{notification_id}"
+
+
 async def deliver_later(queue: ArqRedis, notification_ids: list[uuid.UUID]) -> None:
     for notification_id in notification_ids:
-        await enqueue(queue, DELIVER, str(notification_id), job_id=f"push:{notification_id}")
+        await enqueue(queue, DELIVER, str(notification_id), job_id=push_job_id(notification_id))
 
 
 async def plan_appointment_messages(ctx: dict[str, Any], event: Event) -> None:
@@ -108,7 +117,10 @@ async def send_reminder(
             service.reminder_message(view, lead_minutes),
             service.reminder_key(appointment.id, lead_minutes, appointment.starts_at),
         )
-    return await deliver_notification(ctx, str(ids[0]))
+    # Delivered by its own job, as every push is: one job id per notification is what lets
+    # the recovery pass re-plan a lost push without ever doubling one in flight.
+    await deliver_later(ctx["redis"], ids)
+    return "push planned"
 
 
 async def deliver_notification(ctx: dict[str, Any], notification_id: str) -> str:
@@ -180,3 +192,33 @@ async def catch_up_reminders(ctx: dict[str, Any]) -> int:
     if missed:
         logger.info("reminders caught up", extra={"count": len(missed)})
     return len(missed)
+
+
+async def recover_pushes(ctx: dict[str, Any]) -> int:
+    """Recovery pass: pushes owed past the grace period whose job Redis does not know (lost
+    with Redis, or given up on and forgotten with its result an hour later) are planned again
+    under their own job id, so a push queued, deferred or running is never doubled."""
+    fcm: Fcm = ctx["fcm"]
+    if not fcm.enabled:
+        return 0
+    database: Database = ctx["database"]
+    settings: Settings = ctx["settings"]
+    now = datetime.now(UTC)
+    cursor = rotation(ctx, "pushes")
+    async with database.reading(primary=True) as session:
+        rows = await repository.unpushed(
+            session,
+            created_after=now - RECOVERY_HORIZON,
+            created_before=now - timedelta(seconds=settings.recovery_grace_seconds),
+            after=cursor.after,
+            skip_kinds=IN_APP_ONLY_KINDS,
+            limit=RECOVERY_BATCH,
+        )
+    cursor.advance(rows, RECOVERY_BATCH, lambda row: (row.created_at, row.id))
+    owed = {push_job_id(row.id): row.id for row in rows}
+    planned = 0
+    for job_id in await unknown_jobs(ctx["redis"], list(owed)):
+        planned += await enqueue(ctx["redis"], DELIVER, str(owed[job_id]), job_id=job_id)
+    if planned:
+        logger.warning("owed pushes planned again", extra={"count": planned})
+    return planned

@@ -4,7 +4,7 @@ import uuid
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import case, select, text, update
+from sqlalchemy import case, select, text, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.kit.db import AnyRow
@@ -15,9 +15,9 @@ _ACTIVE = [status.value for status in ACTIVE_STATUSES]
 
 
 async def room_state(session: AsyncSession, appointment_id: uuid.UUID) -> AnyRow | None:
-    query = select(Appointment.status, Appointment.video_status, Appointment.video_room_id).where(
-        Appointment.id == appointment_id
-    )
+    query = select(
+        Appointment.status, Appointment.video_status, Appointment.video_room_id, Appointment.version
+    ).where(Appointment.id == appointment_id)
     return (await session.execute(query)).one_or_none()
 
 
@@ -93,3 +93,26 @@ async def to_reconcile(
         .limit(limit)
     )
     return (await session.scalars(query)).all()
+
+
+async def owed_rooms(
+    session: AsyncSession,
+    *,
+    created_before: datetime,
+    ends_after: datetime,
+    after: tuple[datetime, uuid.UUID] | None,
+    limit: int,
+) -> Sequence[AnyRow]:
+    """Rooms still owed (to create, or of a cancelled visit to delete), failed ones aside (the
+    retry cron's business), keyset after `after` on (created_at, id); read through the partial
+    index ix_appointments_video_to_reconcile."""
+    query = select(Appointment.id, Appointment.created_at, Appointment.version).where(
+        text(f"({VIDEO_TO_RECONCILE_SQL})"),
+        Appointment.video_status != VideoStatus.FAILED.value,
+        Appointment.created_at < created_before,
+        Appointment.ends_at > ends_after,
+    )
+    if after is not None:
+        query = query.where(tuple_(Appointment.created_at, Appointment.id) > after)
+    query = query.order_by(Appointment.created_at, Appointment.id).limit(limit)
+    return (await session.execute(query)).all()

@@ -17,7 +17,7 @@ from typing import Any
 from app.appointments import service as appointments
 from app.integrations.videosdk import VideoSdk
 from app.kit.db import Database
-from app.kit.jobs import enqueue, is_last_try, retry_later
+from app.kit.jobs import enqueue, is_last_try, retry_later, rotation, unknown_jobs
 from app.kit.outbox import Event
 from app.kit.resilience import (
     IntegrationError,
@@ -43,11 +43,24 @@ RECONCILE_HORIZON = timedelta(days=1)
 RECONCILE_EVERY_MINUTES = 5
 
 
+def room_job_id(appointment_id: uuid.UUID | str, version: int) -> str:
+    """One reconciliation per version of the visit: every change that can matter to the room
+    (booking, cancellation, move) is a new version, and the recovery pass, reading the same
+    version, re-plans a lost job under the very id of the one it replaces."""
+    return f"video:{appointment_id}:v{version}"
+
+
 async def plan_video(ctx: dict[str, Any], event: Event) -> None:
-    """Outbox handler: reconcile the visit's room once per event."""
+    """Outbox handler: reconcile the visit's room for its current version (an event handled
+    late, after a newer change, plans the reconciliation of what the visit is now)."""
+    database: Database = ctx["database"]
     appointment_id = event.payload["appointment_id"]
+    async with database.reading(primary=True) as session:
+        visit = await repository.room_state(session, uuid.UUID(appointment_id))
+    if visit is None:
+        return
     await enqueue(
-        ctx["redis"], SYNC_ROOM, appointment_id, job_id=f"video:{appointment_id}:{event.id}"
+        ctx["redis"], SYNC_ROOM, appointment_id, job_id=room_job_id(appointment_id, visit.version)
     )
 
 
@@ -149,3 +162,33 @@ async def retry_video_rooms(ctx: dict[str, Any]) -> int:
             job_id=f"video:{appointment_id}:sweep:{sweep}",
         )
     return len(ids)
+
+
+async def recover_rooms(ctx: dict[str, Any]) -> int:
+    """Recovery pass: rooms owed past the grace period whose job Redis does not know (lost
+    with Redis) are planned again under the job id of the visit's current version, so a job
+    still queued, deferred or running is never doubled. A room whose job was cut off by a
+    killed worker needs nothing here: its job is still queued, and runs again once the dead
+    worker's lease on it lapses (workers/leases.py)."""
+    video: VideoSdk = ctx["videosdk"]
+    if not video.enabled:
+        return 0
+    settings: Settings = ctx["settings"]
+    now = datetime.now(UTC)
+    cursor = rotation(ctx, "rooms")
+    async with ctx["database"].reading(primary=True) as session:
+        rows = await repository.owed_rooms(
+            session,
+            created_before=now - timedelta(seconds=settings.recovery_grace_seconds),
+            ends_after=now - RECONCILE_HORIZON,
+            after=cursor.after,
+            limit=RECONCILE_BATCH,
+        )
+    cursor.advance(rows, RECONCILE_BATCH, lambda row: (row.created_at, row.id))
+    owed = {room_job_id(row.id, row.version): row.id for row in rows}
+    planned = 0
+    for job_id in await unknown_jobs(ctx["redis"], list(owed)):
+        planned += await enqueue(ctx["redis"], SYNC_ROOM, str(owed[job_id]), job_id=job_id)
+    if planned:
+        logger.warning("owed video rooms planned again", extra={"count": planned})
+    return planned
