@@ -14,6 +14,7 @@ from app.analytics.endpoints import router as analytics_router
 from app.appointments.endpoints import router as appointments_router
 from app.audit.endpoints import router as audit_router
 from app.auth.endpoints import router as auth_router
+from app.auth.login_limits import DeviceTokens
 from app.availability.endpoints import router as availability_router
 from app.catalog.endpoints import router as catalog_router
 from app.health.endpoints import router as health_router
@@ -66,6 +67,7 @@ def _lifespan(settings: Settings) -> Callable[[FastAPI], AbstractAsyncContextMan
         app.state.outbox_metrics = OutboxCollector()
         app.state.passwords = Passwords(settings)
         app.state.tokens = Tokens(settings)
+        app.state.device_tokens = DeviceTokens(settings)  # login limits' known devices
         # The API never calls VideoSDK or FCM on a request (the worker does); it holds the
         # adapters for their configuration: join URLs and what /health/ready reports.
         app.state.videosdk = VideoSdk(settings)

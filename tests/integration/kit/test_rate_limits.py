@@ -339,9 +339,20 @@ async def test_two_instances_share_one_budget(settings: Settings, database: Data
 def test_default_limits_leave_room_for_nat_and_are_tight_on_login_and_booking() -> None:
     policies = Policies.from_settings(Settings.model_validate({}))
     assert policies.per_ip.rate >= 100, "a clinic behind one NAT address"
-    assert policies.login_per_email.rate * 60 <= 10
-    assert policies.login_per_email.burst <= 10
-    for tight in (policies.login_per_email, policies.login_per_ip, policies.booking_per_user):
+    for per_email in (policies.login_per_client, policies.login_per_device):
+        assert per_email.rate * 60 <= 10
+        assert per_email.burst <= 10
+    # The ceiling across clients is looser in burst, tighter in sustained rate (ADR 0007).
+    ceiling = policies.login_per_email
+    assert ceiling.burst > policies.login_per_client.burst
+    assert ceiling.rate < policies.login_per_client.rate
+    for tight in (
+        policies.login_per_client,
+        policies.login_per_device,
+        ceiling,
+        policies.login_per_ip,
+        policies.booking_per_user,
+    ):
         assert tight.rate < policies.per_user.rate <= policies.per_ip.rate
 
 
