@@ -46,9 +46,10 @@ class AllowedHosts:
             return True
         value = header.decode("latin-1").lower()
         if value.startswith("["):  # an IPv6 literal, [::1]:8000
-            name, _, port = value.partition("]")
-            name += "]"
-            port = port.removeprefix(":") if port else ""
+            name, closed, port = value.partition("]")
+            if not closed or (port and not port.startswith(":")):
+                return False
+            name, port = name + "]", port[1:]
         else:
             name, _, port = value.partition(":")
         if port and not port.isdigit():
@@ -69,8 +70,8 @@ class RequestContextMiddleware:
         app: ASGIApp,
         *,
         max_body_bytes: int,
+        allowed_hosts: Iterable[str],
         path_body_limits: Mapping[str, int] | None = None,
-        allowed_hosts: Iterable[str] = ("*",),
     ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
@@ -106,10 +107,10 @@ class RequestContextMiddleware:
             if message["type"] == "http.response.start":
                 started = True
                 status = message["status"]
-                headers = message.get("headers", [])
+                response_headers = message.get("headers", [])
                 extra = [(b"x-request-id", request_id.encode("latin-1")), _NOSNIFF]
                 has_cache_control = has_csp = False
-                for name, _ in headers:
+                for name, _ in response_headers:
                     lowered = name.lower()
                     has_cache_control = has_cache_control or lowered == b"cache-control"
                     has_csp = has_csp or lowered == b"content-security-policy"
@@ -119,7 +120,7 @@ class RequestContextMiddleware:
                     extra.append((b"cache-control", _DEFAULT_CACHE_CONTROL[authorized]))
                 if not has_csp:
                     extra.append(_API_CSP)
-                message["headers"] = [*headers, *extra]
+                message["headers"] = [*response_headers, *extra]
             await send(message)
 
         try:

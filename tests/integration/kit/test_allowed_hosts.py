@@ -45,6 +45,8 @@ async def test_a_foreign_host_is_a_400_problem_on_every_route(
         "evilcarebook.test",
         "carebook.test:abc",
         "[::2]:8000",
+        "[::1",
+        "[::1]8000",
         "",
     ],
 )
