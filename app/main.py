@@ -14,6 +14,7 @@ from app.analytics.endpoints import router as analytics_router
 from app.appointments.endpoints import router as appointments_router
 from app.audit.endpoints import router as audit_router
 from app.auth.endpoints import router as auth_router
+from app.auth.login_limits import DeviceTokens
 from app.availability.endpoints import router as availability_router
 from app.catalog.endpoints import router as catalog_router
 from app.health.endpoints import router as health_router
@@ -23,6 +24,7 @@ from app.integrations.videosdk import VideoSdk
 from app.kit import telemetry
 from app.kit.cache import INVALIDATING_TOPICS, Cache
 from app.kit.db import Database
+from app.kit.docs import install_docs
 from app.kit.errors import install_error_handlers
 from app.kit.events import EventBus
 from app.kit.logging import configure_logging
@@ -65,6 +67,7 @@ def _lifespan(settings: Settings) -> Callable[[FastAPI], AbstractAsyncContextMan
         app.state.outbox_metrics = OutboxCollector()
         app.state.passwords = Passwords(settings)
         app.state.tokens = Tokens(settings)
+        app.state.device_tokens = DeviceTokens(settings)  # login limits' known devices
         # The API never calls VideoSDK or FCM on a request (the worker does); it holds the
         # adapters for their configuration: join URLs and what /health/ready reports.
         app.state.videosdk = VideoSdk(settings)
@@ -103,17 +106,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         summary="Appointment booking for clinics and telehealth practices.",
         lifespan=_lifespan(settings),
+        # Served by install_docs instead, with a content-security policy per page.
+        docs_url=None,
+        redoc_url=None,
     )
     install_error_handlers(app)
+    install_docs(app)
     telemetry.setup(settings)
     telemetry.instrument_app(app)  # only when tracing is on
     # Added innermost first: request context wraps everything, then the per-IP limit, then
     # compression of large bodies (audit F20).
     app.add_middleware(GZipMiddleware, minimum_size=1024, compresslevel=5)
-    app.add_middleware(RateLimitMiddleware)
+    if settings.rate_limit_enabled:
+        app.add_middleware(RateLimitMiddleware)
     app.add_middleware(
         RequestContextMiddleware,
         max_body_bytes=settings.max_body_bytes,
+        allowed_hosts=settings.allowed_hosts,
         # Record uploads are bounded by their signed size (checked by the file route).
         path_body_limits={FILES_PREFIX: max(settings.record_max_bytes, settings.max_body_bytes)},
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -61,8 +62,9 @@ class Settings(BaseSettings):
 
     # HTTP limits.
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
-    # Proxies whose X-Forwarded-For is believed (uvicorn's --forwarded-allow-ips).
-    forwarded_allow_ips: str = "127.0.0.1"
+    # Proxies whose X-Forwarded-For/-Proto is believed (uvicorn's --forwarded-allow-ips): none
+    # by default, so no client can pick the address its per-IP limits are counted under.
+    forwarded_allow_ips: str = ""
 
     # Rate limits (audit F15). Per IP leaves room for a clinic behind one NAT address.
     rate_limit_enabled: bool = True
@@ -74,6 +76,31 @@ class Settings(BaseSettings):
     rate_limit_login_ip_per_minute: int = Field(default=60, ge=1)
     rate_limit_register_per_minute: int = Field(default=20, ge=1)
     rate_limit_booking_per_minute: int = Field(default=20, ge=1)
+
+    # Hardening (issue 12). Host names the API answers to (`*.example.org` matches subdomains,
+    # `*` any); others get 400 host_not_allowed, so no URL the API builds names a foreign host.
+    allowed_hosts: list[str] = Field(default=["localhost", "127.0.0.1", "[::1]"], min_length=1)
+    # Logins per email from clients that are not a known device, all addresses together: the
+    # ceiling against guessing from many addresses (per email and address is the per-minute one).
+    rate_limit_login_email_per_hour: int = Field(default=100, ge=1)
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _host_names(cls, hosts: list[str]) -> list[str]:
+        normalized = []
+        for host in hosts:
+            name = host.strip().lower()
+            if ":" in name and not name.startswith("["):
+                try:  # a bare IPv6 address: bracketed, as it appears in a Host header
+                    name = f"[{ipaddress.IPv6Address(name)}]"
+                except ValueError:
+                    name = ""
+            if not name or "/" in name or ":" in name.rpartition("]")[2]:
+                raise ValueError(
+                    f"allowed host {host!r} must be a host name, without scheme or port"
+                )
+            normalized.append(name)
+        return normalized
 
     # Booking rules.
     min_notice_minutes: int = Field(default=60, ge=0)

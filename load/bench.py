@@ -309,6 +309,7 @@ def server_command(app: str, port: int, workers: int) -> list[str]:
         "--http",
         "httptools",
         "--no-access-log",
+        "--no-server-header",  # as `carebook serve`
     ]
 
 

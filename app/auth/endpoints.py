@@ -1,9 +1,12 @@
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, status
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Request, Response, status
 
 from app.auth import service
 from app.auth.dependencies import AdminPrincipal, CurrentPrincipal, Passwords_, Tokens_
+from app.auth.login_limits import DEVICE_HEADER, Devices, enforce_login_limits
 from app.auth.schemas import (
     CreateUserIn,
     LogoutIn,
@@ -32,19 +35,39 @@ async def register(
     return UserOut.model_validate(user)
 
 
-@router.post("/v1/auth/token", response_model=TokenPair)
+@router.post(
+    "/v1/auth/token",
+    response_model=TokenPair,
+    responses={
+        200: {
+            "headers": {
+                DEVICE_HEADER: {
+                    "description": "A device token for this email: sent back on later logins "
+                    "from this client, it keeps them out of limits strangers can exhaust.",
+                    "schema": {"type": "string"},
+                }
+            }
+        }
+    },
+)
 async def token(
     request: Request,
+    response: Response,
     data: TokenIn,
     session: WriteSession,
     passwords: Passwords_,
     tokens: Tokens_,
     limiter: Limiter,
+    devices: Devices,
+    device: Annotated[str | None, Header(alias=DEVICE_HEADER, max_length=256)] = None,
 ) -> TokenPair:
-    # Per email against password guessing, per address against spraying many accounts.
-    await limiter.enforce(limiter.policies.login_per_email, data.email.lower())
-    await limiter.enforce(limiter.policies.login_per_ip, client_ip(request))
-    return await service.login(session, passwords, tokens, data)
+    # Against guessing, spraying, and strangers locking an owner out: see login_limits.
+    await enforce_login_limits(
+        limiter, devices, email=data.email, address=client_ip(request), device=device
+    )
+    pair = await service.login(session, passwords, tokens, data)
+    response.headers[DEVICE_HEADER] = devices.issue(data.email)
+    return pair
 
 
 @router.post("/v1/auth/refresh", response_model=TokenPair)

@@ -1,4 +1,5 @@
-"""Pure-ASGI middleware: request ids, request-body limits, and the last-resort error handler."""
+"""Pure-ASGI middleware: request ids, the Host check, request-body limits, security headers,
+and the last-resort error handler."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import math
 import re
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -22,6 +23,38 @@ access_logger = logging.getLogger("carebook.access")
 
 _DEFAULT_CACHE_CONTROL = {True: b"private, no-store", False: b"no-store"}
 _VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+# On every response. The API serves JSON and attachments, never pages to embed or run scripts
+# in; the docs pages send a policy of their own (app.kit.docs), which this one does not replace.
+_NOSNIFF = (b"x-content-type-options", b"nosniff")
+_API_CSP = (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'")
+# Probes and scrapers name the pod's address, not the public host; they build no URLs.
+_HOST_EXEMPT = ("/health/", "/metrics")
+
+
+class AllowedHosts:
+    """The host names a `Host` header may carry: exact names (a set), `*.domain` for any
+    subdomain, `*` for any. Ports are ignored; names are compared case-insensitively."""
+
+    def __init__(self, hosts: Iterable[str]) -> None:
+        hosts = [host.lower() for host in hosts]
+        self.any = "*" in hosts
+        self.names = frozenset(host for host in hosts if not host.startswith("*."))
+        self.suffixes = tuple(host[1:] for host in hosts if host.startswith("*."))
+
+    def allows(self, header: bytes) -> bool:
+        if self.any:
+            return True
+        value = header.decode("latin-1").lower()
+        if value.startswith("["):  # an IPv6 literal, [::1]:8000
+            name, closed, port = value.partition("]")
+            if not closed or (port and not port.startswith(":")):
+                return False
+            name, port = name + "]", port[1:]
+        else:
+            name, _, port = value.partition(":")
+        if port and not port.isdigit():
+            return False
+        return name in self.names or (bool(self.suffixes) and name.endswith(self.suffixes))
 
 
 class RequestContextMiddleware:
@@ -37,10 +70,12 @@ class RequestContextMiddleware:
         app: ASGIApp,
         *,
         max_body_bytes: int,
+        allowed_hosts: Iterable[str],
         path_body_limits: Mapping[str, int] | None = None,
     ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.allowed_hosts = AllowedHosts(allowed_hosts)
         # Other limits for paths under a prefix (file uploads), still bounded.
         self.path_body_limits = dict(path_body_limits or {})
 
@@ -72,16 +107,41 @@ class RequestContextMiddleware:
             if message["type"] == "http.response.start":
                 started = True
                 status = message["status"]
-                extra = [(b"x-request-id", request_id.encode("latin-1"))]
-                if not any(n.lower() == b"cache-control" for n, _ in message.get("headers", [])):
+                response_headers = message.get("headers", [])
+                extra = [(b"x-request-id", request_id.encode("latin-1")), _NOSNIFF]
+                has_cache_control = has_csp = False
+                for name, _ in response_headers:
+                    lowered = name.lower()
+                    has_cache_control = has_cache_control or lowered == b"cache-control"
+                    has_csp = has_csp or lowered == b"content-security-policy"
+                if not has_cache_control:
                     # Nothing is cacheable unless its route says so; what a bearer token
                     # fetched is never for shared caches.
                     extra.append((b"cache-control", _DEFAULT_CACHE_CONTROL[authorized]))
-                message["headers"] = [*message.get("headers", []), *extra]
+                if not has_csp:
+                    extra.append(_API_CSP)
+                message["headers"] = [*response_headers, *extra]
             await send(message)
 
         try:
-            limit = self._limit_for(scope.get("path", ""))
+            path = scope.get("path", "")
+            host = headers.get(b"host")
+            # No Host at all (HTTP/1.0): URLs are then built from the server's own address.
+            if (
+                host is not None
+                and not path.startswith(_HOST_EXEMPT)
+                and not self.allowed_hosts.allows(host)
+            ):
+                response = problem_response(
+                    400,
+                    "host_not_allowed",
+                    title="Host not allowed",
+                    detail="This server does not answer to the host named in the request.",
+                    request_id=request_id,
+                )
+                await response(scope, receive, send_with_id)
+                return
+            limit = self._limit_for(path)
             declared = headers.get(b"content-length")
             if declared is not None and (not declared.isdigit() or int(declared) > limit):
                 response = problem_response(
@@ -153,6 +213,9 @@ class RateLimitMiddleware:
             await self.app(scope, receive, send)
             return
         limiter: RateLimiter = scope["app"].state.rate_limiter
+        if not limiter.enabled:  # no limit, so no RateLimit-* fields describing one
+            await self.app(scope, receive, send)
+            return
         client = scope.get("client")
         decision = await limiter.check(limiter.policies.per_ip, client[0] if client else "unknown")
         headers = [(k.lower().encode(), v.encode()) for k, v in decision.headers().items()]

@@ -84,6 +84,10 @@ class Decision:
 class Policies:
     per_ip: Policy
     per_user: Policy
+    # Logins (app.auth.login_limits): per email and client address, per email and known
+    # device, the looser ceiling per email across clients without a device, per address.
+    login_per_client: Policy
+    login_per_device: Policy
     login_per_email: Policy
     login_per_ip: Policy
     register_per_ip: Policy
@@ -99,7 +103,13 @@ class Policies:
             per_user=Policy(
                 "user", settings.rate_limit_user_per_second, settings.rate_limit_user_burst
             ),
-            login_per_email=per_minute("login", settings.rate_limit_login_per_minute),
+            login_per_client=per_minute("login", settings.rate_limit_login_per_minute),
+            login_per_device=per_minute("login-device", settings.rate_limit_login_per_minute),
+            login_per_email=Policy(
+                "login-email",
+                rate=settings.rate_limit_login_email_per_hour / 3600.0,
+                burst=settings.rate_limit_login_email_per_hour,
+            ),
             login_per_ip=per_minute("login-ip", settings.rate_limit_login_ip_per_minute),
             register_per_ip=per_minute("register", settings.rate_limit_register_per_minute),
             booking_per_user=per_minute("booking", settings.rate_limit_booking_per_minute),

@@ -115,8 +115,6 @@ async def download_file(
     return FileResponse(
         path,
         media_type=download.content_type,
-        headers={
-            "Content-Disposition": LocalStorage.content_disposition(download.filename),
-            "X-Content-Type-Options": "nosniff",
-        },
+        # `X-Content-Type-Options: nosniff` comes with every response (RequestContextMiddleware).
+        headers={"Content-Disposition": LocalStorage.content_disposition(download.filename)},
     )

@@ -4,9 +4,10 @@ The body has the shape and roughly the size of one provider's 7-day availability
 about 7 KB: the mean body of the availability scenarios on the scale dataset), serialized
 once at import. Nothing else runs per request: no middleware, no
 database, no Redis. The load runner serves it with exactly Carebook's uvicorn command line
-(`--loop uvloop --http httptools --no-access-log`, the same worker count), so the gap between
-the two is what Carebook's own work costs. `python -m load.baselines.constant_app` serves it
-with the settings of `carebook serve` (log_config=None, access log off).
+(`--loop uvloop --http httptools --no-access-log --no-server-header`, the same worker count),
+so the gap between the two is what Carebook's own work costs.
+`python -m load.baselines.constant_app` serves it with the settings of `carebook serve`
+(log_config=None, access log off, no server header).
 """
 
 from __future__ import annotations
@@ -85,6 +86,7 @@ def main() -> None:
         http="httptools",
         log_config=None,
         access_log=False,
+        server_header=False,
     )
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 from fastapi import FastAPI
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from app.auth import service as auth_service
 from app.kit.db import Database
@@ -338,7 +339,93 @@ async def test_two_instances_share_one_budget(settings: Settings, database: Data
 def test_default_limits_leave_room_for_nat_and_are_tight_on_login_and_booking() -> None:
     policies = Policies.from_settings(Settings.model_validate({}))
     assert policies.per_ip.rate >= 100, "a clinic behind one NAT address"
-    assert policies.login_per_email.rate * 60 <= 10
-    assert policies.login_per_email.burst <= 10
-    for tight in (policies.login_per_email, policies.login_per_ip, policies.booking_per_user):
+    for per_email in (policies.login_per_client, policies.login_per_device):
+        assert per_email.rate * 60 <= 10
+        assert per_email.burst <= 10
+    # The ceiling across clients is looser in burst, tighter in sustained rate (ADR 0007).
+    ceiling = policies.login_per_email
+    assert ceiling.burst > policies.login_per_client.burst
+    assert ceiling.rate < policies.login_per_client.rate
+    for tight in (
+        policies.login_per_client,
+        policies.login_per_device,
+        ceiling,
+        policies.login_per_ip,
+        policies.booking_per_user,
+    ):
         assert tight.rate < policies.per_user.rate <= policies.per_ip.rate
+
+
+# --- switched off -----------------------------------------------------------------------------
+
+
+async def test_no_ratelimit_fields_while_limiting_is_off(
+    settings: Settings, database: Database
+) -> None:
+    """`CAREBOOK_RATE_LIMIT_ENABLED=false` (benchmarks): nothing is limited, so no response
+    describes a limit."""
+    async with (
+        limited_app(
+            settings,
+            rate_limit_enabled=False,
+            rate_limit_ip_per_second=0.01,
+            rate_limit_ip_burst=1,
+            rate_limit_login_per_minute=1,
+        ) as app,
+        client_at(app, new_address()) as client,
+    ):
+        email = f"off-{uuid.uuid4().hex[:8]}@example.com"
+        await create_user(app, email)
+        responses = [await client.get(READ) for _ in range(3)]
+        responses += [await login(client, email, TEST_PASSWORD) for _ in range(3)]
+        responses.append(await login(client, email, "wrong"))
+        assert [r.status_code for r in responses] == [200] * 6 + [401]
+        for response in responses:
+            assert not [name for name in response.headers if name.lower().startswith("ratelimit")]
+
+
+# --- the client address: no proxy is believed unless configured -------------------------------
+
+
+def behind_uvicorn_proxy_headers(app: FastAPI, trusted: str, peer: str) -> httpx.AsyncClient:
+    """A client at `peer` whose requests pass uvicorn's X-Forwarded-For handling, as
+    `carebook serve` sets it up (`proxy_headers=True, forwarded_allow_ips=<setting>`)."""
+    wrapped: Any = ProxyHeadersMiddleware(app, trusted_hosts=trusted)  # type: ignore[arg-type]
+    transport = httpx.ASGITransport(app=wrapped, raise_app_exceptions=False, client=(peer, 40_000))
+    return httpx.AsyncClient(transport=transport, base_url="http://carebook.test")
+
+
+async def test_a_local_client_cannot_pick_its_address_by_default(
+    settings: Settings, database: Database
+) -> None:
+    """Issue 12: with the old default (127.0.0.1 trusted) any local process could send a fresh
+    X-Forwarded-For per request and never run out of per-IP budget."""
+    trusted = Settings.model_fields["forwarded_allow_ips"].default
+    assert trusted == ""
+    burst = 2
+    async with (
+        limited_app(settings, rate_limit_ip_per_second=0.01, rate_limit_ip_burst=burst) as app,
+        behind_uvicorn_proxy_headers(app, trusted, "127.0.0.1") as client,
+    ):
+        await app.state.redis.delete("cb:rl:ip:127.0.0.1")  # other tests' loopback spending
+        statuses = [
+            (await client.get(READ, headers={"X-Forwarded-For": new_address()})).status_code
+            for _ in range(burst + 1)
+        ]
+        assert statuses == [200] * burst + [429], "every forged address is the loopback's"
+
+
+async def test_a_configured_proxy_is_believed(settings: Settings, database: Database) -> None:
+    burst = 2
+    proxy, first, second = new_address(), new_address(), new_address()
+    async with (
+        limited_app(settings, rate_limit_ip_per_second=0.01, rate_limit_ip_burst=burst) as app,
+        behind_uvicorn_proxy_headers(app, proxy, proxy) as client,
+    ):
+        for _ in range(burst):
+            ok = await client.get(READ, headers={"X-Forwarded-For": first})
+            assert ok.status_code == 200, ok.text
+        refused = await client.get(READ, headers={"X-Forwarded-For": first})
+        assert refused.status_code == 429
+        other = await client.get(READ, headers={"X-Forwarded-For": second})
+        assert other.status_code == 200, "the proxy's clients have budgets of their own"
