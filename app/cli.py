@@ -242,7 +242,7 @@ def serve(
             loop="uvloop",
             http="httptools",
             log_config=None,
-            server_header=False,  # no `server: uvicorn` banner (issue 12)
+            server_header=False,  # no banner naming the server software to attackers
             timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
             # The client address (rate limits) comes from X-Forwarded-For only via these.
             proxy_headers=True,

@@ -77,7 +77,7 @@ class Settings(BaseSettings):
     rate_limit_register_per_minute: int = Field(default=20, ge=1)
     rate_limit_booking_per_minute: int = Field(default=20, ge=1)
 
-    # Hardening (issue 12). Host names the API answers to (`*.example.org` matches subdomains,
+    # Hardening (ADR 0007). Host names the API answers to (`*.example.org` matches subdomains,
     # `*` any); others get 400 host_not_allowed, so no URL the API builds names a foreign host.
     allowed_hosts: list[str] = Field(default=["localhost", "127.0.0.1", "[::1]"], min_length=1)
     # Logins per email from clients that are not a known device, all addresses together: the

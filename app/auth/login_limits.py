@@ -1,5 +1,5 @@
 """Login limits that stop password guessing without letting a stranger lock an owner out
-(issue 12, ADR 0007).
+(ADR 0007).
 
 A login attempt is charged, in order, to:
 
