@@ -40,6 +40,17 @@ _PREFIX = "cb:v1"
 # Part of every key, with the scope's version: bumped after an outage in which a version bump
 # may have been lost, it makes everything cached before the outage unreachable at once.
 GENERATION_KEY = f"{_PREFIX}:generation"
+# After a miss: the value once more (a holder may have stored it since the lookup) or, if it is
+# still missing, the computation's lock; in one round trip, so no process can take the lock
+# just after another released it with the value stored, and compute a second time.
+_CLAIM = """
+local value = redis.call('GET', KEYS[1])
+if value then return {1, value} end
+if redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[1]) then return {2} end
+return {3}
+"""
+_CLAIM_FOUND, _CLAIM_LOCKED, _CLAIM_BUSY = 1, 2, 3
+_LOCK_MILLISECONDS = 5000
 _LOOKUP = """
 local version = (redis.call('GET', KEYS[2]) or '0') .. '.' .. (redis.call('GET', KEYS[1]) or '0')
 return {version, redis.call('GET', ARGV[1] .. version .. ARGV[2])}
@@ -154,6 +165,7 @@ class Cache:
         self.circuit = circuit or RedisCircuit()
         self.stats = CacheStats()
         self._lookup = redis.register_script(_LOOKUP) if redis is not None else None
+        self._claim_script = redis.register_script(_CLAIM) if redis is not None else None
         self._in_flight: dict[str, asyncio.Future[bytes]] = {}
         # Set when this process may have missed a version bump (a bump failed, or Redis was
         # unreachable long enough to open the circuit, so other processes may have failed
@@ -250,8 +262,10 @@ class Cache:
         redis = self.redis
         assert redis is not None
         lock_key = f"{full_key}:lock"
-        locked = await self._call(lambda: self._try_lock(lock_key))
-        if locked is False:
+        claim = await self._call(lambda: self._claim(full_key, lock_key))
+        if claim is not None and claim[0] == _CLAIM_FOUND:
+            return bytes(claim[1])
+        if claim is not None and claim[0] == _CLAIM_BUSY:
             # Another process is computing this very key: wait briefly for its result.
             deadline = time.monotonic() + self.lock_wait_seconds
             while time.monotonic() < deadline:
@@ -263,11 +277,9 @@ class Cache:
         await self._call(lambda: self._store(full_key, lock_key, value, ttl_seconds))
         return value
 
-    async def _try_lock(self, lock_key: str) -> bool:
-        assert self.redis is not None
-        # SET NX answers nil (None) when the key exists: make that an explicit False, since
-        # None from _call means "Redis failed".
-        return bool(await self.redis.set(lock_key, b"1", nx=True, px=5000))
+    async def _claim(self, full_key: str, lock_key: str) -> Any:
+        assert self._claim_script is not None
+        return await self._claim_script(keys=[full_key, lock_key], args=[_LOCK_MILLISECONDS])
 
     async def _store(self, full_key: str, lock_key: str, value: bytes, ttl_seconds: int) -> None:
         assert self.redis is not None
