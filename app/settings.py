@@ -36,7 +36,9 @@ class Settings(BaseSettings):
     db_max_overflow: int = Field(default=5, ge=0, le=200)
     db_pool_timeout_seconds: float = Field(default=5.0, gt=0)
     db_pool_recycle_seconds: int = Field(default=1800, ge=-1)
-    db_pool_pre_ping: bool = True
+    # Off: a dead pooled connection is replaced when its first statement fails (app.kit.db),
+    # instead of a ping round trip on every checkout.
+    db_pool_pre_ping: bool = False
     db_connect_timeout_seconds: float = Field(default=5.0, gt=0)
     db_statement_timeout_ms: int = Field(default=5000, ge=0)
     db_lock_timeout_ms: int = Field(default=2000, ge=0)

@@ -11,7 +11,7 @@ from fastapi.responses import Response, StreamingResponse
 from app.analytics import service
 from app.analytics.schemas import ClinicAnalytics
 from app.auth.dependencies import Principal, require_roles
-from app.kit.db import ReadSession
+from app.kit.db import ReadTransaction
 from app.kit.pagination import MAX_LIMIT, PageParams
 from app.models import Role
 
@@ -55,7 +55,7 @@ async def clinic_analytics(
     request: Request,
     response: Response,
     principal: AnalyticsReader,
-    session: ReadSession,
+    session: ReadTransaction,  # its statement timeout is SET LOCAL
     from_: Annotated[date, Query(alias="from", description="First local date, inclusive")],
     to: Annotated[date, Query(description="Last local date, inclusive")],
     clinic_id: Annotated[uuid.UUID | None, Query(description="Only this clinic")] = None,

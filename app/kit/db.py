@@ -1,13 +1,24 @@
 """Database engines and the request/job unit of work.
 
-Two session types exist so a read that tolerates replica lag can say so in its signature:
+Session types exist so a read that tolerates replica lag can say so in its signature:
 
 * `WriteSession` — the primary; committed by the boundary (request dependency or job context)
   when the handler returns, rolled back when it raises. Services and repositories only flush.
 * `ReadSession` — the replica when `CAREBOOK_DATABASE_REPLICA_URL` is set, else the primary;
-  never committed. For reads that tolerate lag (catalogue, analytics, past appointments).
+  never committed. For reads that tolerate lag (catalogue, past appointments).
 * `PrimaryReadSession` — the primary, never committed: reads that must see the latest commit
   (availability, anything on the booking path).
+* `ReadTransaction` — like `ReadSession`, inside a transaction that is rolled back: for reads
+  that need transaction-scoped state (`SET LOCAL`, `set_config(..., true)`), such as analytics.
+
+Read sessions run in autocommit: each statement is its own implicit transaction, so a read
+sends its statement and nothing else (no `BEGIN`, no `ROLLBACK`, no pre-ping). Under READ
+COMMITTED every statement takes its own snapshot anyway, so autocommit changes what several
+statements of one read see not at all. Reads and writes of an engine share its one pool.
+
+There is no pre-ping: the first statement of a session that finds its pooled connection dead
+is run once more on a fresh connection (see `RetryingSession`), and the disconnect makes the
+pool replace every connection older than it on their next checkout.
 """
 
 from __future__ import annotations
@@ -30,6 +41,7 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
+from sqlalchemy.orm import Session
 from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry
 
 from app.kit import telemetry
@@ -179,14 +191,70 @@ def create_engine(url: str, settings: Settings, *, role: str) -> AsyncEngine:
     return engine
 
 
+class RetryingSession(Session):
+    """A session whose first statement is run once more, on a fresh connection, when its
+    pooled connection turns out to be dead (the server restarted, or a proxy or firewall
+    dropped the idle connection): what a pre-ping on every checkout buys, at no cost to the
+    statements that find their connection alive.
+
+    Only a statement that opens the session's work is retried: nothing has run on that
+    connection yet, nothing is pending in the session, so running it again is the same
+    request; a transaction that broke later is lost and answered 503 as before. A write
+    whose first statement is a flush (pending objects) is not retried either.
+    """
+
+    def _first_statement(self) -> bool:
+        return not self.in_transaction() and not self.identity_map and not self.new
+
+    def _retrying(self, run: Callable[[], Any]) -> Any:
+        if not self._first_statement():
+            return run()
+        try:
+            return run()
+        except DBAPIError as exc:
+            if not exc.connection_invalidated:
+                raise
+            logger.info("dead pooled connection replaced", extra={"error": type(exc).__name__})
+            # The invalidated connection is released (nothing is sent on it), so the statement
+            # checks out another; the pool has already dropped every connection as old.
+            self.rollback()
+            return run()
+
+    def execute(self, *args: Any, **kwargs: Any) -> Any:
+        return self._retrying(lambda: super(RetryingSession, self).execute(*args, **kwargs))
+
+    def scalar(self, *args: Any, **kwargs: Any) -> Any:
+        return self._retrying(lambda: super(RetryingSession, self).scalar(*args, **kwargs))
+
+    def scalars(self, *args: Any, **kwargs: Any) -> Any:
+        return self._retrying(lambda: super(RetryingSession, self).scalars(*args, **kwargs))
+
+
+def _sessions(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    return async_sessionmaker(engine, expire_on_commit=False, sync_session_class=RetryingSession)
+
+
+def _autocommit(engine: AsyncEngine) -> AsyncEngine:
+    """The same engine and pool, its connections in autocommit while checked out: asyncpg then
+    sends no `BEGIN`, and the rollback at the end of a session and the pool's reset on return
+    have no transaction to end, so they send nothing either."""
+    return engine.execution_options(isolation_level="AUTOCOMMIT")
+
+
 @dataclass
 class Database:
     """The engines and session factories of one process, created in the lifespan."""
 
     primary: AsyncEngine
     replica: AsyncEngine | None
+    # Transactional, on the primary: the unit of work (and reads that need a transaction).
     write_sessions: async_sessionmaker[AsyncSession]
+    # Autocommit, on the replica when there is one, else the primary.
     read_sessions: async_sessionmaker[AsyncSession]
+    # Autocommit, on the primary.
+    primary_read_sessions: async_sessionmaker[AsyncSession]
+    # Transactional, on the replica when there is one, else the primary (rolled back).
+    read_transactions: async_sessionmaker[AsyncSession]
     # Receives each committed event in this process (see app.kit.outbox).
     events: EventBus | None = None
 
@@ -203,8 +271,10 @@ class Database:
         return cls(
             primary=primary,
             replica=replica,
-            write_sessions=async_sessionmaker(primary, expire_on_commit=False),
-            read_sessions=async_sessionmaker(replica or primary, expire_on_commit=False),
+            write_sessions=_sessions(primary),
+            read_sessions=_sessions(_autocommit(replica or primary)),
+            primary_read_sessions=_sessions(_autocommit(primary)),
+            read_transactions=_sessions(replica or primary),
             events=events,
         )
 
@@ -238,10 +308,20 @@ class Database:
             await _run_after_commit(session)
 
     @asynccontextmanager
-    async def reading(self, *, primary: bool = False) -> AsyncIterator[AsyncSession]:
+    async def reading(
+        self, *, primary: bool = False, transaction: bool = False
+    ) -> AsyncIterator[AsyncSession]:
         """A session that never commits: the replica (when configured) or, with `primary`,
-        the primary for reads that must not lag (availability, the booking path)."""
-        factory = self.write_sessions if primary else self.read_sessions
+        the primary for reads that must not lag (availability, the booking path).
+
+        In autocommit unless `transaction`: then its statements share one transaction, rolled
+        back at the end, for reads that set transaction-scoped settings (`SET LOCAL`)."""
+        if not transaction:
+            factory = self.primary_read_sessions if primary else self.read_sessions
+            async with factory() as session:
+                yield session  # closing it releases the connection; there is nothing to end
+            return
+        factory = self.write_sessions if primary else self.read_transactions
         async with factory() as session:
             try:
                 yield session
@@ -305,12 +385,20 @@ async def get_primary_read_session(
         yield session
 
 
+async def get_read_transaction(
+    database: Annotated[Database, Depends(get_database)],
+) -> AsyncIterator[AsyncSession]:
+    async with database.reading(transaction=True) as session:
+        yield session
+
+
 # scope="function": the commit runs when the handler returns and *before* the response is sent,
 # so a failed commit becomes an error response instead of following a 2xx already on the wire
 # (FastAPI's default "request" scope exits after sending).
 WriteSession = Annotated[AsyncSession, Depends(get_write_session, scope="function")]
 ReadSession = Annotated[AsyncSession, Depends(get_read_session, scope="function")]
 PrimaryReadSession = Annotated[AsyncSession, Depends(get_primary_read_session, scope="function")]
+ReadTransaction = Annotated[AsyncSession, Depends(get_read_transaction, scope="function")]
 
 
 def violated_constraint(exc: DBAPIError) -> str | None:

@@ -204,7 +204,11 @@ class OutboxCollector(Collector):
                 return
             self._read_at = time.monotonic()
             try:
-                async with asyncio.timeout(self.timeout), database.reading(primary=True) as s:
+                # A transaction: the statement timeout is `set_config(..., true)`.
+                async with (
+                    asyncio.timeout(self.timeout),
+                    database.reading(primary=True, transaction=True) as s,
+                ):
                     row = await outbox.pending_stats(s, timeout_ms=int(self.timeout * 1000))
             except Exception as exc:
                 self._snapshot = None
