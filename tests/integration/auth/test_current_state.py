@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
+from prometheus_client import REGISTRY
 from sqlalchemy import delete, event, func, make_url, select, text, update
 
 from app.auth import service as auth_service
@@ -53,6 +54,10 @@ async def change(database: Database, user_id: uuid.UUID, **values: Any) -> None:
 async def count_rows(database: Database, model: type[Clinic] | type[Device]) -> int:
     async with database.reading(primary=True) as session:
         return int(await session.scalar(select(func.count()).select_from(model)) or 0)
+
+
+def principal_reads() -> float:
+    return REGISTRY.get_sample_value("carebook_principal_reads_total") or 0.0
 
 
 def assert_unauthorized(response: httpx.Response) -> None:
@@ -242,12 +247,15 @@ async def test_a_warm_principal_costs_no_statement(
 
     event.listen(database.primary.sync_engine, "after_cursor_execute", note_transaction)
     try:
-        with count_statements(database.primary) as cold:
+        before = principal_reads()
+        with count_statements(database.primary, include_auth=True) as cold:
             assert (await client.get("/v1/me", headers=patient.headers)).status_code == 200
+        after_cold = principal_reads()
     finally:
         event.remove(database.primary.sync_engine, "after_cursor_execute", note_transaction)
-    with count_statements(database.primary) as warm:
+    with count_statements(database.primary, include_auth=True) as warm:
         assert (await client.get("/v1/me", headers=patient.headers)).status_code == 200
+    assert (after_cold - before, principal_reads() - after_cold) == (1, 0)
     # GET /v1/me itself reads the user once; the auth step adds one read only when cold.
     assert [s for s in cold.statements if s.startswith(STATE_READ)] == cold.statements[:1]
     assert cold.count == 2, cold.statements
@@ -263,7 +271,7 @@ async def test_concurrent_misses_for_one_user_share_one_read(
     principals: PrincipalCache = app.state.principals
     principals.invalidate([patient.id])
     database: Database = app.state.database
-    with count_statements(database.primary) as log:
+    with count_statements(database.primary, include_auth=True) as log:
         found = await asyncio.gather(*(principals.get(patient.id) for _ in range(20)))
     assert {p.user_id if p else None for p in found} == {patient.id}
     assert log.count == 1, log.statements
@@ -300,7 +308,7 @@ async def test_without_a_cache_every_request_reads_the_user(
     uncached = make_settings(settings.database_url, settings.redis_url, principal_cache_seconds=0)
     patient = await accounts.create(Role.PATIENT)
     async with running_app_with(uncached) as app, client_for(app) as http:
-        with count_statements(app.state.database.primary) as log:
+        with count_statements(app.state.database.primary, include_auth=True) as log:
             for _ in range(3):
                 assert (
                     await http.get("/v1/appointments", headers=patient.headers)
@@ -375,3 +383,19 @@ async def test_database_down_a_cached_principal_still_authenticates(
         await eventually_status(
             lambda: http.get("/_probe/whoami", headers=unknown.headers), 200, what="recovery"
         )
+
+
+async def test_statement_counters_leave_the_auth_read_out_by_default(
+    app: FastAPI, client: httpx.AsyncClient, accounts: Accounts
+) -> None:
+    """Exact counts elsewhere must not depend on whether a principal entry just expired."""
+    patient = await accounts.create(Role.PATIENT)
+    principals: PrincipalCache = app.state.principals
+    database: Database = app.state.database
+    principals.invalidate([patient.id])
+    with (
+        count_statements(database.primary) as measured,
+        count_statements(database.primary, include_auth=True) as everything,
+    ):
+        assert (await client.get("/v1/me", headers=patient.headers)).status_code == 200
+    assert (measured.count, everything.count) == (1, 2)
