@@ -42,7 +42,9 @@ async def current_principal(
     tokens: Tokens = state.tokens
     try:
         claims = tokens.decode_access(credentials.credentials)
-        Role(claims.role)  # a token we could not have issued; the role that counts is below
+        # A role we never issue means a token we did not issue. The role that counts for
+        # authorization is the database's, below, not this claim.
+        Role(claims.role)
     except (InvalidToken, ValueError) as exc:
         raise Unauthorized("The access token is invalid or expired.") from exc
     user_id_var.set(str(claims.user_id))
