@@ -15,6 +15,7 @@ from app.appointments.endpoints import router as appointments_router
 from app.audit.endpoints import router as audit_router
 from app.auth.endpoints import router as auth_router
 from app.auth.login_limits import DeviceTokens
+from app.auth.principals import USER_TOPICS, PrincipalCache
 from app.availability.endpoints import router as availability_router
 from app.catalog.endpoints import router as catalog_router
 from app.health.endpoints import router as health_router
@@ -64,6 +65,10 @@ def _lifespan(settings: Settings) -> Callable[[FastAPI], AbstractAsyncContextMan
         for topic in INVALIDATING_TOPICS:
             events.subscribe(topic, app.state.cache.on_events)
         app.state.database = Database.connect(settings, settings.database_url, events=events)
+        app.state.principals = PrincipalCache(
+            app.state.database.primary, ttl_seconds=settings.principal_cache_seconds
+        )
+        events.subscribe(USER_TOPICS, app.state.principals.on_events)
         app.state.outbox_metrics = OutboxCollector()
         app.state.passwords = Passwords(settings)
         app.state.tokens = Tokens(settings)

@@ -61,6 +61,9 @@ class Settings(BaseSettings):
     argon2_time_cost: int = Field(default=2, ge=2)
     argon2_memory_kib: int = Field(default=19456, ge=19456)
     argon2_parallelism: int = Field(default=1, ge=1)
+    # How long a process trusts what it read about a user (active, role, clinic) before reading
+    # again: the longest a change made by another process waits to take effect (0: no cache).
+    principal_cache_seconds: float = Field(default=5.0, ge=0, le=60)
 
     # HTTP limits.
     max_body_bytes: int = Field(default=1_048_576, ge=1024)

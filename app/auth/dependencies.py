@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from app.auth.principals import Principal as Principal  # where every domain imports it from
+from app.auth.principals import PrincipalCache
 from app.kit.errors import Forbidden, Unauthorized
 from app.kit.logging import user_id_var
 from app.kit.rate_limit import Limiter
@@ -17,12 +17,6 @@ from app.kit.security import InvalidToken, Passwords, Tokens
 from app.models import Role
 
 _bearer = HTTPBearer(auto_error=False, description="Access token from POST /v1/auth/token")
-
-
-@dataclass(frozen=True)
-class Principal:
-    user_id: uuid.UUID
-    role: Role
 
 
 async def get_tokens(request: Request) -> Tokens:
@@ -36,20 +30,30 @@ async def get_passwords(request: Request) -> Passwords:
 
 
 async def current_principal(
-    tokens: Annotated[Tokens, Depends(get_tokens)],
+    request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     limiter: Limiter,
 ) -> Principal:
+    """The caller, as the database knows them: the token names the user, and the account's
+    current state (exists, active, role, staff clinic) decides what they may do."""
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise Unauthorized("A bearer access token is required.")
+    state = request.app.state
+    tokens: Tokens = state.tokens
     try:
         claims = tokens.decode_access(credentials.credentials)
-        role = Role(claims.role)
+        # A role we never issue means a token we did not issue. The role that counts for
+        # authorization is the database's, below, not this claim.
+        Role(claims.role)
     except (InvalidToken, ValueError) as exc:
         raise Unauthorized("The access token is invalid or expired.") from exc
     user_id_var.set(str(claims.user_id))
     await limiter.enforce(limiter.policies.per_user, str(claims.user_id))
-    return Principal(user_id=claims.user_id, role=role)
+    principals: PrincipalCache = state.principals
+    principal = await principals.get(claims.user_id)
+    if principal is None:
+        raise Unauthorized("The account no longer exists or is disabled.")
+    return principal
 
 
 CurrentPrincipal = Annotated[Principal, Depends(current_principal)]

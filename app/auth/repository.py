@@ -2,16 +2,41 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import func, select, text, update
+from sqlalchemy import bindparam, delete, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
+from app.kit.db import AnyRow
 from app.models import RefreshToken, User
+
+# Built once: it runs on every principal-cache miss.
+_USER_STATE = select(User.role, User.is_active, User.clinic_id).where(
+    User.id == bindparam("user_id")
+)
 
 
 async def get_user(session: AsyncSession, user_id: uuid.UUID) -> User | None:
     return await session.get(User, user_id)
+
+
+async def get_user_state(connection: AsyncConnection, user_id: uuid.UUID) -> AnyRow | None:
+    """(role, is_active, clinic_id) of one user by primary key: what authorization needs."""
+    return (await connection.execute(_USER_STATE, {"user_id": user_id})).one_or_none()
+
+
+async def update_user(
+    session: AsyncSession, user_id: uuid.UUID, values: dict[str, Any]
+) -> User | None:
+    """Apply `values` to one user and return it, or None when there is no such user."""
+    statement = update(User).where(User.id == user_id).values(**values).returning(User)
+    return (await session.execute(statement)).scalar_one_or_none()
+
+
+async def delete_user(session: AsyncSession, user_id: uuid.UUID) -> bool:
+    result = await session.execute(delete(User).where(User.id == user_id))
+    return bool(getattr(result, "rowcount", 0))
 
 
 async def get_user_by_email(session: AsyncSession, email: str) -> User | None:

@@ -1,17 +1,22 @@
 from __future__ import annotations
 
+import enum
 import uuid
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth import repository
 from app.auth.dependencies import Principal
+from app.auth.principals import USER_CHANGED, USER_DELETED
 from app.auth.schemas import CreateUserIn, RegisterIn, TokenIn, TokenPair
 from app.catalog import repository as catalog_repository
+from app.kit import outbox
 from app.kit.errors import (
     EmailTaken,
     InvalidCredentials,
+    NotFound,
     TokenReused,
     Unauthorized,
     ValidationFailed,
@@ -138,8 +143,59 @@ async def me(session: AsyncSession, principal: Principal) -> User:
 
 
 async def staff_clinic_id(session: AsyncSession, principal: Principal) -> uuid.UUID | None:
-    """The clinic a staff member works for (None for every other role)."""
-    if principal.role is not Role.STAFF:
-        return None
-    user = await repository.get_user(session, principal.user_id)
-    return user.clinic_id if user is not None else None
+    """The clinic a staff member works for (None for every other role).
+
+    The principal already carries it, read with the user's role at authentication; `session`
+    stays in the signature for the callers that pass it."""
+    return principal.clinic_id if principal.role is Role.STAFF else None
+
+
+class _Keep(enum.Enum):
+    KEEP = enum.auto()
+
+
+KEEP = _Keep.KEEP
+
+
+async def change_user(
+    session: AsyncSession,
+    user_id: uuid.UUID,
+    *,
+    role: Role | None = None,
+    is_active: bool | None = None,
+    clinic_id: uuid.UUID | _Keep | None = KEEP,
+) -> User:
+    """Change what a user may do. Emits `user.changed`, so this process forgets the cached
+    principal at commit and every other process within `CAREBOOK_PRINCIPAL_CACHE_SECONDS`."""
+    user = await repository.get_user(session, user_id)
+    if user is None:
+        raise NotFound("There is no such user.")
+    values: dict[str, Any] = {}
+    if role is not None:
+        values["role"] = role.value
+    if is_active is not None:
+        values["is_active"] = is_active
+    if clinic_id is not KEEP:
+        if (
+            clinic_id is not None
+            and await catalog_repository.get_clinic(session, clinic_id) is None
+        ):
+            raise ValidationFailed("clinic_id does not name a clinic", loc=("body", "clinic_id"))
+        values["clinic_id"] = clinic_id
+    staff = values.get("role", user.role) == Role.STAFF.value
+    if staff and values.get("clinic_id", user.clinic_id) is None:
+        raise ValidationFailed("clinic_id is required for staff", loc=("body", "clinic_id"))
+    if not values:
+        return user
+    changed = await repository.update_user(session, user_id, values)
+    if changed is None:  # deleted since it was read
+        raise NotFound("There is no such user.")
+    await outbox.emit(session, USER_CHANGED, {"user_id": str(user_id)})
+    return changed
+
+
+async def delete_user(session: AsyncSession, user_id: uuid.UUID) -> None:
+    """Delete a user (their refresh tokens go with them). Emits `user.deleted`."""
+    if not await repository.delete_user(session, user_id):
+        raise NotFound("There is no such user.")
+    await outbox.emit(session, USER_DELETED, {"user_id": str(user_id)})

@@ -109,6 +109,11 @@ CACHE_REQUESTS = Counter(
     "Response-cache lookups by cache and result (hit, miss).",
     ["cache", "result"],
 )
+# Only the reads: counting every hit would cost the hot path more than the lookup itself.
+PRINCIPAL_READS = Counter(
+    "carebook_principal_reads_total",
+    "Principal-cache misses: user-state reads from PostgreSQL by the authentication step.",
+)
 RATE_LIMIT_REJECTIONS = Counter(
     "carebook_rate_limit_rejections_total",
     "Requests refused with 429, by policy.",

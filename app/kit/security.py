@@ -66,20 +66,25 @@ class Tokens:
     def __init__(self, settings: Settings) -> None:
         self._secret = settings.jwt_secret.get_secret_value()
         self.access_ttl = timedelta(minutes=settings.access_token_minutes)
+        self._access_seconds = int(self.access_ttl.total_seconds())
         self.refresh_ttl = timedelta(days=settings.refresh_token_days)
 
     def issue_access(self, user_id: uuid.UUID, role: str, *, now: datetime | None = None) -> str:
-        issued = now or datetime.now(UTC)
+        issued = int((now or datetime.now(UTC)).timestamp())
         claims: dict[str, Any] = {
             "sub": str(user_id),
             "role": role,
-            "iat": int(issued.timestamp()),
-            "exp": int((issued + self.access_ttl).timestamp()),
+            "iat": issued,
+            # Whole seconds from a whole-second `iat`, so `exp - iat` is exactly the lifetime.
+            "exp": issued + self._access_seconds,
             "jti": secrets.token_urlsafe(12),
         }
         return jwt.encode(claims, self._secret, algorithm=JWT_ALGORITHM)
 
     def decode_access(self, token: str) -> AccessClaims:
+        """The claims of a valid access token; `InvalidToken` for anything else, including a
+        correctly signed token whose lifetime (`exp - iat`) exceeds the configured one: a key
+        that leaked, or an issuer configured differently, cannot mint long-lived tokens."""
         try:
             claims = jwt.decode(
                 token,
@@ -87,6 +92,9 @@ class Tokens:
                 algorithms=[JWT_ALGORITHM],
                 options={"require": ["sub", "role", "exp", "iat", "jti"]},
             )
+            lifetime = int(claims["exp"]) - int(claims["iat"])
+            if lifetime > self._access_seconds:
+                raise InvalidToken(f"token lifetime {lifetime}s exceeds {self._access_seconds}s")
             return AccessClaims(
                 user_id=uuid.UUID(str(claims["sub"])),
                 role=str(claims["role"]),

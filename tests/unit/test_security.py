@@ -184,6 +184,55 @@ def test_garbage_is_rejected(tokens: Tokens, garbage: str) -> None:
         tokens.decode_access(garbage)
 
 
+def test_issued_tokens_live_exactly_the_configured_lifetime(tokens: Tokens) -> None:
+    # A fractional `now` must not make `exp - iat` a second longer than the lifetime.
+    now = datetime(2031, 5, 6, 7, 8, 9, 999_999, tzinfo=UTC)
+    claims = raw_claims(tokens.issue_access(uuid.uuid4(), "patient", now=now))
+    assert claims["exp"] - claims["iat"] == 15 * 60
+
+
+@pytest.mark.parametrize(
+    ("iat_ago", "lifetime"),
+    [
+        (timedelta(0), timedelta(minutes=15, seconds=1)),  # one second too long
+        (timedelta(minutes=1), timedelta(days=365)),  # a year-long token, freshly minted
+        (timedelta(hours=23), timedelta(days=1)),  # issued long ago, still "unexpired"
+    ],
+)
+def test_correctly_signed_token_living_longer_than_configured_is_rejected(
+    tokens: Tokens, iat_ago: timedelta, lifetime: timedelta
+) -> None:
+    issued = datetime.now(UTC) - iat_ago
+    claims = valid_claims(iat=int(issued.timestamp()), exp=int((issued + lifetime).timestamp()))
+    token = jwt.encode(claims, SECRET, algorithm="HS256")
+    with pytest.raises(InvalidToken, match="lifetime"):
+        tokens.decode_access(token)
+
+
+def test_token_of_exactly_the_configured_lifetime_is_accepted(tokens: Tokens) -> None:
+    issued = int(datetime.now(UTC).timestamp())
+    token = jwt.encode(valid_claims(iat=issued, exp=issued + 15 * 60), SECRET, algorithm="HS256")
+    assert tokens.decode_access(token).expires_at == datetime.fromtimestamp(issued + 900, UTC)
+
+
+def test_lifetime_cap_follows_the_setting() -> None:
+    long_lived = Tokens(make_settings(access_token_minutes=30))
+    short_lived = Tokens(make_settings(access_token_minutes=5))
+    token = long_lived.issue_access(uuid.uuid4(), "patient")
+    assert long_lived.decode_access(token)
+    # Lowering the setting retires the longer tokens already out there.
+    with pytest.raises(InvalidToken, match="lifetime"):
+        short_lived.decode_access(token)
+
+
+def test_token_issued_in_the_future_is_rejected(tokens: Tokens) -> None:
+    # Otherwise a short `exp - iat` placed far ahead would be a long-lived token.
+    later = int((datetime.now(UTC) + timedelta(days=1)).timestamp())
+    token = jwt.encode(valid_claims(iat=later, exp=later + 60), SECRET, algorithm="HS256")
+    with pytest.raises(InvalidToken):
+        tokens.decode_access(token)
+
+
 # --- refresh secrets --------------------------------------------------------------------------
 
 
