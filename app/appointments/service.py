@@ -262,13 +262,14 @@ def _listed(row: AnyRow) -> dict[str, Any]:
         tz,
         patient_name,
     ) = row
+    zone = ZoneInfo(tz)  # what to_local_iso does, with one zone lookup for both ends
     return {
         "id": appointment_id,
         "provider_id": provider_id,
         "patient_id": patient_id,
         "clinic_id": clinic_id,
-        "start": to_local_iso(starts_at, tz),
-        "end": to_local_iso(ends_at, tz),
+        "start": starts_at.astimezone(zone).isoformat(),
+        "end": ends_at.astimezone(zone).isoformat(),
         "status": status,
         "video_status": video_status,
         "cancel_reason": cancel_reason,
