@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 from fastapi import FastAPI
-from starlette.middleware.gzip import GZipMiddleware
 
 from app.analytics.endpoints import router as analytics_router
 from app.appointments.endpoints import router as appointments_router
@@ -31,7 +30,7 @@ from app.kit.events import EventBus
 from app.kit.logging import configure_logging
 from app.kit.metrics import OutboxCollector, mark_process_dead
 from app.kit.metrics import router as metrics_router
-from app.kit.middleware import RateLimitMiddleware, RequestContextMiddleware
+from app.kit.middleware import RequestContextMiddleware
 from app.kit.rate_limit import Policies, RateLimiter
 from app.kit.redis import create_redis
 from app.kit.security import Passwords, Tokens
@@ -119,17 +118,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_docs(app)
     telemetry.setup(settings)
     telemetry.instrument_app(app)  # only when tracing is on
-    # Added innermost first: request context wraps everything, then the per-IP limit, then
-    # compression of large bodies (audit F20).
-    app.add_middleware(GZipMiddleware, minimum_size=1024, compresslevel=5)
-    if settings.rate_limit_enabled:
-        app.add_middleware(RateLimitMiddleware)
+    # One layer for the request id, Host check, body limit, per-IP limit, compression of
+    # large bodies (audit F20), headers, metrics and the access log.
     app.add_middleware(
         RequestContextMiddleware,
         max_body_bytes=settings.max_body_bytes,
         allowed_hosts=settings.allowed_hosts,
         # Record uploads are bounded by their signed size (checked by the file route).
         path_body_limits={FILES_PREFIX: max(settings.record_max_bytes, settings.max_body_bytes)},
+        rate_limit=settings.rate_limit_enabled,
+        gzip_minimum_size=1024,
+        gzip_level=5,
     )
     app.include_router(health_router)
     for router in (

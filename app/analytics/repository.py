@@ -24,14 +24,29 @@ overwrite a newer count.
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Sequence
 from datetime import date, datetime
+from typing import Any
 
-from sqlalchemy import Float, cast, func, select, text, true, tuple_, type_coerce
+from sqlalchemy import (
+    Float,
+    Integer,
+    TextClause,
+    bindparam,
+    cast,
+    func,
+    select,
+    text,
+    true,
+    tuple_,
+    type_coerce,
+)
+from sqlalchemy.dialects.postgresql import UUID as PG_UUID
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.kit.db import AnyRow
+from app.kit.db import AnyRow, AnySelect
 from app.models import Clinic, ClinicDailyStat, User
 
 # Advisory lock namespaces (the two-int4 key space): the rebuild, and (clinic, day) rows.
@@ -140,13 +155,79 @@ _EXTENT = text(
 )
 
 
+@functools.cache
+def _set_config(count: int) -> TextClause:
+    return text("SELECT " + ", ".join(f"set_config(:n{i}, :v{i}, true)" for i in range(count)))
+
+
 async def set_local(session: AsyncSession, **settings: str) -> None:
     """`SET LOCAL name = value` for each: this transaction only (reverted at its end)."""
-    calls = ", ".join(f"set_config(:n{i}, :v{i}, true)" for i in range(len(settings)))
     params = {}
     for i, (name, value) in enumerate(settings.items()):
         params[f"n{i}"], params[f"v{i}"] = name, value
-    await session.execute(text(f"SELECT {calls}"), params)
+    await session.execute(_set_config(len(settings)), params)
+
+
+_stat = ClinicDailyStat.__table__.c
+_clinic = Clinic.__table__.c
+_users = User.__table__.c
+_UUID = PG_UUID(as_uuid=True)
+
+
+@functools.cache
+def _figures_statement(*, staff: bool, clinic: bool, after: bool, limited: bool) -> AnySelect:
+    """The report statement of one shape, built once (values are bound parameters)."""
+    totals = (
+        select(
+            func.coalesce(func.sum(_stat.booked), 0).label("booked"),
+            func.coalesce(func.sum(_stat.completed), 0).label("completed"),
+            func.coalesce(func.sum(_stat.cancelled), 0).label("cancelled"),
+            func.coalesce(func.sum(_stat.no_show), 0).label("no_show"),
+        )
+        .where(
+            _stat.clinic_id == _clinic.id,
+            _stat.day.between(
+                bindparam("first", type_=_stat.day.type), bindparam("last", type_=_stat.day.type)
+            ),
+        )
+        .lateral("totals")
+    )
+    seen = totals.c.completed + totals.c.no_show
+    query = (
+        select(
+            _clinic.id.label("clinic_id"),
+            _clinic.name.label("clinic_name"),
+            totals.c.booked,
+            totals.c.completed,
+            totals.c.cancelled,
+            totals.c.no_show,
+            (cast(totals.c.no_show, Float) / type_coerce(func.nullif(seen, 0), Float)).label(
+                "no_show_rate"
+            ),
+        )
+        .select_from(Clinic.__table__)
+        .join(totals, true())
+        .order_by(_clinic.name, _clinic.id)
+    )
+    if staff:
+        # Staff see their own clinic only, decided in SQL (no second round trip).
+        own = (
+            select(_users.clinic_id)
+            .where(_users.id == bindparam("staff_user_id", type_=_UUID))
+            .scalar_subquery()
+        )
+        query = query.where(_clinic.id == own)
+    if clinic:
+        query = query.where(_clinic.id == bindparam("clinic_id", type_=_UUID))
+    if after:
+        last = tuple_(
+            bindparam("after_name", type_=_clinic.name.type),
+            bindparam("after_id", type_=_UUID),
+        )
+        query = query.where(tuple_(_clinic.name, _clinic.id) > last)
+    if limited:
+        query = query.limit(bindparam("limit", type_=Integer))
+    return query
 
 
 async def clinic_figures(
@@ -164,45 +245,22 @@ async def clinic_figures(
     A LATERAL aggregate per clinic: only the clinics of the page are summed, each by a range
     scan of the primary key `(clinic_id, day)`. Clinics without rows report zeros.
     """
-    stat = ClinicDailyStat
-    totals = (
-        select(
-            func.coalesce(func.sum(stat.booked), 0).label("booked"),
-            func.coalesce(func.sum(stat.completed), 0).label("completed"),
-            func.coalesce(func.sum(stat.cancelled), 0).label("cancelled"),
-            func.coalesce(func.sum(stat.no_show), 0).label("no_show"),
-        )
-        .where(stat.clinic_id == Clinic.id, stat.day.between(first, last))
-        .lateral("totals")
+    query = _figures_statement(
+        staff=staff_user_id is not None,
+        clinic=clinic_id is not None,
+        after=after is not None,
+        limited=limit is not None,
     )
-    seen = totals.c.completed + totals.c.no_show
-    query = (
-        select(
-            Clinic.id.label("clinic_id"),
-            Clinic.name.label("clinic_name"),
-            totals.c.booked,
-            totals.c.completed,
-            totals.c.cancelled,
-            totals.c.no_show,
-            (cast(totals.c.no_show, Float) / type_coerce(func.nullif(seen, 0), Float)).label(
-                "no_show_rate"
-            ),
-        )
-        .select_from(Clinic)
-        .join(totals, true())
-        .order_by(Clinic.name, Clinic.id)
-    )
+    params: dict[str, Any] = {"first": first, "last": last}
     if staff_user_id is not None:
-        # Staff see their own clinic only, decided in SQL (no second round trip).
-        own = select(User.clinic_id).where(User.id == staff_user_id).scalar_subquery()
-        query = query.where(Clinic.id == own)
+        params["staff_user_id"] = staff_user_id
     if clinic_id is not None:
-        query = query.where(Clinic.id == clinic_id)
+        params["clinic_id"] = clinic_id
     if after is not None:
-        query = query.where(tuple_(Clinic.name, Clinic.id) > tuple_(*after))
+        params["after_name"], params["after_id"] = after
     if limit is not None:
-        query = query.limit(limit)
-    return (await session.execute(query)).all()
+        params["limit"] = limit
+    return (await session.execute(query, params)).all()
 
 
 async def touched_days(

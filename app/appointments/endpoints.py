@@ -5,7 +5,7 @@ from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, status
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from app.appointments import service
 from app.appointments.schemas import (
@@ -23,7 +23,7 @@ from app.auth.dependencies import CurrentPrincipal
 from app.availability.endpoints import Rules
 from app.kit.db import PrimaryReadSession, ReadSession, WriteSession
 from app.kit.idempotency import IdempotencyKeyHeader, IdempotentCall, run_idempotent
-from app.kit.pagination import Page, Pagination
+from app.kit.pagination import Page, Pagination, page_response
 from app.kit.rate_limit import Limiter
 from app.kit.schemas import Instant
 from app.models import AppointmentStatus
@@ -69,7 +69,7 @@ async def list_appointments(
     from_: Annotated[Instant | None, Query(alias="from", description="Starts at or after")] = None,
     to: Annotated[Instant | None, Query(description="Starts before")] = None,
     order: Order = Order.ASC,
-) -> Page[AppointmentOut]:
+) -> Response:
     # History tolerates replica lag; anything that may still change reads the primary.
     # (A session that is never used never takes a connection.)
     past_only = to is not None and to <= datetime.now(UTC)
@@ -82,7 +82,8 @@ async def list_appointments(
         starts_before=to,
         order=order,
     )
-    return Page(items=items, next_cursor=cursor)
+    # Built from rows and serialised once; response_model above documents the same shape.
+    return page_response(items, cursor)
 
 
 @router.get("/v1/appointments/{appointment_id}", response_model=AppointmentOut)

@@ -1,12 +1,23 @@
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, bindparam, func, select, tuple_, update
+from sqlalchemy import (
+    ColumnElement,
+    Integer,
+    Text,
+    bindparam,
+    cast,
+    func,
+    select,
+    tuple_,
+    update,
+)
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import UUID as PG_UUID
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -67,6 +78,83 @@ async def get_view_for_job(session: AsyncSession, appointment_id: uuid.UUID) -> 
     return (await session.execute(_view().where(Appointment.id == appointment_id))).one_or_none()
 
 
+# The listing reads table columns (Core), not ORM entities: no instances, no identity map.
+_a = Appointment.__table__.c
+_listed_provider = User.__table__.alias("provider_user")
+_listed_patient = User.__table__.alias("patient_user")
+_providers = Provider.__table__
+_specialties = Specialty.__table__
+# The order the service reads them in (by position): the appointment's own columns, then the
+# provider's name, specialty and time zone, then the patient's name. Ids come as text, which
+# PostgreSQL renders exactly as the API does and the JSON encoder takes as it is.
+LISTED_COLUMNS = (
+    cast(_a.id, Text).label("id"),
+    cast(_a.provider_id, Text).label("provider_id"),
+    cast(_a.patient_id, Text).label("patient_id"),
+    cast(_a.clinic_id, Text).label("clinic_id"),
+    _a.starts_at,
+    _a.ends_at,
+    _a.status,
+    _a.video_status,
+    _a.cancel_reason,
+    _a.created_at,
+    _a.updated_at,
+    _listed_provider.c.full_name,
+    _specialties.c.name,
+    _providers.c.timezone,
+    _listed_patient.c.full_name,
+)
+
+
+@functools.cache
+def _listing(
+    role: Role,
+    *,
+    statuses: bool,
+    starts_from: bool,
+    starts_before: bool,
+    after: bool,
+    descending: bool,
+) -> AnySelect:
+    """The listing statement of one shape, built once: every value is a bound parameter, so
+    requests reuse the statement and its compiled form instead of rebuilding both."""
+    query = (
+        select(*LISTED_COLUMNS)
+        .join(_providers, _providers.c.user_id == _a.provider_id)
+        .join(_listed_provider, _listed_provider.c.id == _a.provider_id)
+        .join(_specialties, _specialties.c.id == _providers.c.specialty_id)
+        .join(_listed_patient, _listed_patient.c.id == _a.patient_id)
+    )
+    user_id = bindparam("user_id", type_=PG_UUID(as_uuid=True))
+    # The same conditions as Visibility.clause, over the table's columns.
+    if role is Role.PATIENT:
+        query = query.where(_a.patient_id == user_id)
+    elif role is Role.PROVIDER:
+        query = query.where(_a.provider_id == user_id)
+    elif role is Role.STAFF:
+        users = User.__table__.c
+        clinic = select(users.clinic_id).where(users.id == user_id).scalar_subquery()
+        query = query.where(_a.clinic_id == clinic)
+    if statuses:
+        query = query.where(_a.status.in_(bindparam("statuses", expanding=True)))
+    if starts_from:
+        query = query.where(_a.starts_at >= bindparam("starts_from", type_=_a.starts_at.type))
+    if starts_before:
+        query = query.where(_a.starts_at < bindparam("starts_before", type_=_a.starts_at.type))
+    if after:
+        key = tuple_(_a.starts_at, _a.id)
+        last = tuple_(
+            bindparam("after_at", type_=_a.starts_at.type),
+            bindparam("after_id", type_=PG_UUID(as_uuid=True)),
+        )
+        query = query.where(key < last if descending else key > last)
+    if descending:
+        query = query.order_by(_a.starts_at.desc(), _a.id.desc())
+    else:
+        query = query.order_by(_a.starts_at, _a.id)
+    return query.limit(bindparam("limit", type_=Integer))
+
+
 async def list_views(
     session: AsyncSession,
     visibility: Visibility,
@@ -78,21 +166,25 @@ async def list_views(
     after: tuple[datetime, uuid.UUID] | None,
     limit: int,
 ) -> Sequence[AnyRow]:
-    key = tuple_(Appointment.starts_at, Appointment.id)
-    query = _view().where(visibility.clause())
+    """Up to `limit + 1` rows of LISTED_COLUMNS the caller may see, in keyset order."""
+    query = _listing(
+        visibility.role,
+        statuses=bool(statuses),
+        starts_from=starts_from is not None,
+        starts_before=starts_before is not None,
+        after=after is not None,
+        descending=descending,
+    )
+    params: dict[str, Any] = {"user_id": visibility.user_id, "limit": limit + 1}
     if statuses:
-        query = query.where(Appointment.status.in_(statuses))
+        params["statuses"] = list(statuses)
     if starts_from is not None:
-        query = query.where(Appointment.starts_at >= starts_from)
+        params["starts_from"] = starts_from
     if starts_before is not None:
-        query = query.where(Appointment.starts_at < starts_before)
+        params["starts_before"] = starts_before
     if after is not None:
-        query = query.where(key < tuple_(*after) if descending else key > tuple_(*after))
-    if descending:
-        query = query.order_by(Appointment.starts_at.desc(), Appointment.id.desc())
-    else:
-        query = query.order_by(Appointment.starts_at, Appointment.id)
-    return (await session.execute(query.limit(limit + 1))).all()
+        params["after_at"], params["after_id"] = after
+    return (await session.execute(query, params)).all()
 
 
 async def lock_provider(

@@ -242,6 +242,44 @@ async def get(
     return _out(await _visible(session, principal, appointment_id))
 
 
+def _listed(row: AnyRow) -> dict[str, Any]:
+    """One listed appointment in AppointmentOut's shape and key order, from a row of
+    repository.LISTED_COLUMNS (no ORM instance, no model: the page is serialised once)."""
+    (
+        appointment_id,
+        provider_id,
+        patient_id,
+        clinic_id,
+        starts_at,
+        ends_at,
+        status,
+        video_status,
+        cancel_reason,
+        created_at,
+        updated_at,
+        provider_name,
+        specialty,
+        tz,
+        patient_name,
+    ) = row
+    zone = ZoneInfo(tz)  # what to_local_iso does, with one zone lookup for both ends
+    return {
+        "id": appointment_id,
+        "provider_id": provider_id,
+        "patient_id": patient_id,
+        "clinic_id": clinic_id,
+        "start": starts_at.astimezone(zone).isoformat(),
+        "end": ends_at.astimezone(zone).isoformat(),
+        "status": status,
+        "video_status": video_status,
+        "cancel_reason": cancel_reason,
+        "created_at": created_at,
+        "updated_at": updated_at,
+        "provider": {"id": provider_id, "full_name": provider_name, "specialty": specialty},
+        "patient": {"id": patient_id, "full_name": patient_name},
+    }
+
+
 async def list_appointments(
     session: AsyncSession,
     principal: Principal,
@@ -251,7 +289,8 @@ async def list_appointments(
     starts_from: datetime | None,
     starts_before: datetime | None,
     order: Order,
-) -> tuple[list[AppointmentOut], str | None]:
+) -> tuple[list[dict[str, Any]], str | None]:
+    """A page of AppointmentOut-shaped dicts (for `page_response`) and the next cursor."""
     after = None
     if params.cursor is not None:
         starts_at, appointment_id = decode_cursor(params.cursor, (parse_datetime, parse_uuid))
@@ -266,10 +305,9 @@ async def list_appointments(
         after=after,
         limit=params.limit,
     )
-    items, cursor = build_page(
-        rows, params.limit, lambda r: (r.Appointment.starts_at, r.Appointment.id)
-    )
-    return [_out(r) for r in items], cursor
+    # Positions 4 and 0 of LISTED_COLUMNS: starts_at and id, the keyset.
+    items, cursor = build_page(rows, params.limit, lambda r: (r[4], r[0]))
+    return [_listed(r) for r in items], cursor
 
 
 async def change_status(

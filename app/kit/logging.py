@@ -24,6 +24,8 @@ _STANDARD_ATTRS = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", 
 
 
 class JsonFormatter(logging.Formatter):
+    """One JSON object per record, written by orjson."""
+
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
             "timestamp": datetime.fromtimestamp(record.created, UTC).isoformat(),
@@ -52,6 +54,9 @@ def configure_logging(level: str = "INFO", *, json: bool = True) -> None:
         if json
         else logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s")
     )
+    # Thread and process names are looked up for every record and never written by the JSON
+    # lines: decided once here rather than per access-log line.
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = not json
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -1,5 +1,6 @@
-"""Pure-ASGI middleware: request ids, the Host check, request-body limits, security headers,
-and the last-resort error handler."""
+"""Carebook's pure-ASGI middleware: request ids, the Host check, request-body limits, the
+per-IP rate limit, compression, security headers, metrics, the access log and the last-resort
+error handler, in one layer."""
 
 from __future__ import annotations
 
@@ -9,8 +10,11 @@ import re
 import time
 import uuid
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 from starlette.exceptions import HTTPException
+from starlette.middleware.gzip import GZipResponder, IdentityResponder
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.kit.errors import problem_response
@@ -19,7 +23,9 @@ from app.kit.metrics import HTTP_DURATION, HTTP_IN_FLIGHT, HTTP_REQUESTS, UNMATC
 from app.kit.rate_limit import RateLimiter
 
 logger = logging.getLogger("carebook.errors")
-access_logger = logging.getLogger("carebook.access")
+_ACCESS_LOGGER = "carebook.access"
+access_logger = logging.getLogger(_ACCESS_LOGGER)
+_MAX_CACHED_SERIES = 2_000
 
 _DEFAULT_CACHE_CONTROL = {True: b"private, no-store", False: b"no-store"}
 _VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
@@ -27,8 +33,9 @@ _VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 # in; the docs pages send a policy of their own (app.kit.docs), which this one does not replace.
 _NOSNIFF = (b"x-content-type-options", b"nosniff")
 _API_CSP = (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'")
-# Probes and scrapers name the pod's address, not the public host; they build no URLs.
-_HOST_EXEMPT = ("/health/", "/metrics")
+# Probes and scrapers name the pod's address, not the public host, and build no URLs; they
+# are not rate limited either.
+_EXEMPT = ("/health/", "/metrics")
 
 
 class AllowedHosts:
@@ -58,7 +65,11 @@ class AllowedHosts:
 
 
 class RequestContextMiddleware:
-    """Assigns the request id, bounds the body size and turns any unhandled error into a 500
+    """The one Carebook layer around every request, so each pays for one wrapper, not five.
+
+    In order: the request id; the Host check; the request-body limit; the per-client-IP rate
+    limit (probes and metrics exempt); gzip for large responses to clients that accept it;
+    security and cache headers on every response; and any unhandled error turned into a 500
     problem+json that carries the request id and nothing else (the trace goes to the log).
 
     It also writes the access log line and the request metrics, both labelled with the matched
@@ -72,12 +83,21 @@ class RequestContextMiddleware:
         max_body_bytes: int,
         allowed_hosts: Iterable[str],
         path_body_limits: Mapping[str, int] | None = None,
+        rate_limit: bool = False,
+        gzip_minimum_size: int = 1024,
+        gzip_level: int = 5,
     ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.allowed_hosts = AllowedHosts(allowed_hosts)
         # Other limits for paths under a prefix (file uploads), still bounded.
         self.path_body_limits = dict(path_body_limits or {})
+        self.rate_limit = rate_limit
+        self.gzip_minimum_size = gzip_minimum_size
+        self.gzip_level = gzip_level
+        # Each (method, route, status)'s counter and histogram, looked up once rather than
+        # through `labels()` (a lock and a label check) per request.
+        self._series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     def _limit_for(self, path: str) -> int:
         for prefix, limit in self.path_body_limits.items():
@@ -85,12 +105,46 @@ class RequestContextMiddleware:
                 return limit
         return self.max_body_bytes
 
+    def _record(self, method: str, route: str, status: int, elapsed: float) -> None:
+        key = (method, route, status)
+        series = self._series.get(key)
+        if series is None:
+            series = (
+                HTTP_REQUESTS.labels(method, route, status),
+                HTTP_DURATION.labels(method, route, status),
+            )
+            # Methods are the client's to choose; beyond a sane number of series, look up.
+            if len(self._series) < _MAX_CACHED_SERIES:
+                self._series[key] = series
+        series[0].inc()
+        series[1].observe(elapsed)
+        if access_logger.isEnabledFor(logging.INFO):
+            # A record made directly: `Logger.info` would also walk the stack to find its
+            # caller, for a file and line the JSON lines never show.
+            access_logger.handle(
+                access_logger.makeRecord(
+                    _ACCESS_LOGGER,
+                    logging.INFO,
+                    __file__,
+                    0,
+                    "request",
+                    (),
+                    None,
+                    extra={
+                        "method": method,
+                        "route": route,
+                        "status": status,
+                        "duration_ms": round(elapsed * 1000, 2),
+                    },
+                )
+            )
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
 
-        headers = dict(scope.get("headers") or [])
+        headers = dict(scope["headers"])
         authorized = b"authorization" in headers
         incoming = headers.get(b"x-request-id", b"").decode("latin-1")
         request_id = incoming if _VALID_REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
@@ -101,6 +155,8 @@ class RequestContextMiddleware:
         started = False
         status = 500
         began = time.perf_counter()
+        # The per-IP budget's headers, for responses that carry none of a narrower policy.
+        limit_headers: list[tuple[bytes, bytes]] = []
 
         async def send_with_id(message: Message) -> None:
             nonlocal started, status
@@ -109,29 +165,32 @@ class RequestContextMiddleware:
                 status = message["status"]
                 response_headers = message.get("headers", [])
                 extra = [(b"x-request-id", request_id.encode("latin-1")), _NOSNIFF]
-                has_cache_control = has_csp = False
+                has_cache_control = has_csp = has_limit = False
                 for name, _ in response_headers:
                     lowered = name.lower()
                     has_cache_control = has_cache_control or lowered == b"cache-control"
                     has_csp = has_csp or lowered == b"content-security-policy"
+                    has_limit = has_limit or lowered.startswith(b"ratelimit-")
                 if not has_cache_control:
                     # Nothing is cacheable unless its route says so; what a bearer token
                     # fetched is never for shared caches.
                     extra.append((b"cache-control", _DEFAULT_CACHE_CONTROL[authorized]))
                 if not has_csp:
                     extra.append(_API_CSP)
-                message["headers"] = [*response_headers, *extra]
+                # A narrower policy (user, login, booking) that refused speaks for itself.
+                message["headers"] = [
+                    *response_headers,
+                    *(() if has_limit else limit_headers),
+                    *extra,
+                ]
             await send(message)
 
         try:
-            path = scope.get("path", "")
+            path = scope["path"]
             host = headers.get(b"host")
             # No Host at all (HTTP/1.0): URLs are then built from the server's own address.
-            if (
-                host is not None
-                and not path.startswith(_HOST_EXEMPT)
-                and not self.allowed_hosts.allows(host)
-            ):
+            exempt = path.startswith(_EXEMPT)
+            if host is not None and not exempt and not self.allowed_hosts.allows(host):
                 response = problem_response(
                     400,
                     "host_not_allowed",
@@ -153,7 +212,20 @@ class RequestContextMiddleware:
                 )
                 await response(scope, receive, send_with_id)
                 return
-            await self.app(scope, self._bounded(receive, limit), send_with_id)
+            if self.rate_limit and not exempt:
+                refusal = await self._check_rate(scope, request_id, limit_headers)
+                if refusal is not None:
+                    await refusal(scope, receive, send_with_id)
+                    return
+            responder: ASGIApp
+            if b"gzip" in headers.get(b"accept-encoding", b""):
+                responder = GZipResponder(
+                    self.app, self.gzip_minimum_size, compresslevel=self.gzip_level
+                )
+            else:
+                # Uncompressed, but large bodies still say `Vary: Accept-Encoding`.
+                responder = IdentityResponder(self.app, self.gzip_minimum_size)
+            await responder(scope, self._bounded(receive, limit), send_with_id)
         except Exception:
             logger.exception("unhandled error", extra={"path": scope.get("path")})
             if not started:
@@ -166,23 +238,39 @@ class RequestContextMiddleware:
                 )
                 await response(scope, receive, send_with_id)
         finally:
-            elapsed = time.perf_counter() - began
-            method = str(scope.get("method"))
-            route = getattr(scope.get("route"), "path", None) or UNMATCHED_ROUTE
             HTTP_IN_FLIGHT.dec()
-            HTTP_REQUESTS.labels(method, route, status).inc()
-            HTTP_DURATION.labels(method, route, status).observe(elapsed)
-            access_logger.info(
-                "request",
-                extra={
-                    "method": method,
-                    "route": route,
-                    "status": status,
-                    "duration_ms": round(elapsed * 1000, 2),
-                },
-            )
+            route = getattr(scope.get("route"), "path", None) or UNMATCHED_ROUTE
+            self._record(scope["method"], route, status, time.perf_counter() - began)
             user_id_var.reset(user_token)
             request_id_var.reset(token)
+
+    @staticmethod
+    async def _check_rate(
+        scope: Scope, request_id: str, limit_headers: list[tuple[bytes, bytes]]
+    ) -> Response | None:
+        """The per-client-IP budget, checked before routing: None when the request may go on
+        (its RateLimit-* headers then in `limit_headers`), else the 429 to answer."""
+        limiter: RateLimiter = scope["app"].state.rate_limiter
+        if not limiter.enabled:  # no limit, so no RateLimit-* fields describing one
+            return None
+        client = scope.get("client")
+        decision = await limiter.check(limiter.policies.per_ip, client[0] if client else "unknown")
+        if decision.allowed:
+            limit_headers.extend(
+                (k.lower().encode(), v.encode()) for k, v in decision.headers().items()
+            )
+            return None
+        return problem_response(
+            429,
+            "rate_limited",
+            title="Too many requests",
+            detail="Too many requests from this address; retry after the given seconds.",
+            headers={
+                "Retry-After": str(max(1, math.ceil(decision.retry_after_ms / 1000))),
+                **decision.headers(),
+            },
+            request_id=request_id,
+        )
 
     def _bounded(self, receive: Receive, limit: int) -> Receive:
         received = 0
@@ -198,48 +286,3 @@ class RequestContextMiddleware:
             return message
 
         return bounded_receive
-
-
-class RateLimitMiddleware:
-    """The per-client-IP budget, checked before routing; probes and metrics are exempt."""
-
-    _EXEMPT = ("/health/", "/metrics")
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"].startswith(self._EXEMPT):
-            await self.app(scope, receive, send)
-            return
-        limiter: RateLimiter = scope["app"].state.rate_limiter
-        if not limiter.enabled:  # no limit, so no RateLimit-* fields describing one
-            await self.app(scope, receive, send)
-            return
-        client = scope.get("client")
-        decision = await limiter.check(limiter.policies.per_ip, client[0] if client else "unknown")
-        headers = [(k.lower().encode(), v.encode()) for k, v in decision.headers().items()]
-        if not decision.allowed:
-            response = problem_response(
-                429,
-                "rate_limited",
-                title="Too many requests",
-                detail="Too many requests from this address; retry after the given seconds.",
-                headers={
-                    "Retry-After": str(max(1, math.ceil(decision.retry_after_ms / 1000))),
-                    **decision.headers(),
-                },
-                request_id=scope.get("state", {}).get("request_id"),
-            )
-            await response(scope, receive, send)
-            return
-
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                existing = message.get("headers", [])
-                # A narrower policy (user, login, booking) that refused speaks for itself.
-                if not any(name.lower().startswith(b"ratelimit-") for name, _ in existing):
-                    message["headers"] = [*existing, *headers]
-            await send(message)
-
-        await self.app(scope, receive, send_with_headers)

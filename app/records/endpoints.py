@@ -10,7 +10,7 @@ from app.auth.dependencies import CurrentPrincipal
 from app.integrations.storage import FILES_PREFIX, LocalStorage, S3Storage, get_storage
 from app.kit.cache import CacheDep
 from app.kit.db import WriteSession
-from app.kit.pagination import Page, Pagination
+from app.kit.pagination import Page, Pagination, page_response
 from app.records import service
 from app.records.schemas import RecordIn, RecordWithUrl, UploadOut
 
@@ -40,9 +40,10 @@ async def list_records(
     session: WriteSession,  # the audit row commits with the read
     context: Context,
     page: Pagination,
-) -> Page[RecordWithUrl]:
+) -> Response:
     items, cursor = await service.list_records(session, context, principal, patient_id, page)
-    return Page(items=items, next_cursor=cursor)
+    # Built from rows and serialised once; response_model above documents the same shape.
+    return page_response(items, cursor)
 
 
 @router.post(

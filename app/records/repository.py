@@ -1,15 +1,28 @@
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, exists, false, insert, literal, select, true, tuple_
+from sqlalchemy import (
+    Integer,
+    and_,
+    bindparam,
+    exists,
+    false,
+    insert,
+    literal,
+    select,
+    true,
+    tuple_,
+)
+from sqlalchemy.dialects.postgresql import UUID as PG_UUID
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import aliased
 
+from app.kit.db import AnyRow, AnySelect
 from app.models import Appointment, AppointmentStatus, MedicalRecord, Role, User
 
 
@@ -42,31 +55,83 @@ class RecordAccess:
         return exists().where(User.id == self.patient_id, User.role == Role.PATIENT.value)
 
 
+_r = MedicalRecord.__table__.c
+_visits = Appointment.__table__.c
+_users = User.__table__.c
+# What a listed record needs: its API fields (in RecordOut's order) and its file's key.
+LISTED_COLUMNS = (
+    _r.id,
+    _r.patient_id,
+    _r.uploaded_by,
+    _r.record_type,
+    _r.title,
+    _r.content_type,
+    _r.size_bytes,
+    _r.uploaded_at,
+    _r.storage_key,
+)
+_UUID = PG_UUID(as_uuid=True)
+
+
+def _bound_access(role: Role, *, own: bool) -> Any:
+    """RecordAccess.clause over table columns, with the ids as bound parameters."""
+    patient_id, user_id = bindparam("patient_id", type_=_UUID), bindparam("user_id", type_=_UUID)
+    visits = (_visits.patient_id == patient_id) & (
+        _visits.status != AppointmentStatus.CANCELLED.value
+    )
+    if role is Role.PATIENT:
+        return true() if own else false()
+    if role is Role.PROVIDER:
+        return exists().where(visits, _visits.provider_id == user_id)
+    if role is Role.STAFF:
+        clinic = select(_users.clinic_id).where(_users.id == user_id).scalar_subquery()
+        return exists().where(visits, _visits.clinic_id == clinic)
+    return exists().where(_users.id == patient_id, _users.role == Role.PATIENT.value)
+
+
+@functools.cache
+def _page_statement(role: Role, *, own: bool, after: bool) -> AnySelect:
+    """The page statement of one shape, built once (values are bound parameters)."""
+    records = select(*LISTED_COLUMNS).where(_r.patient_id == bindparam("patient_id", type_=_UUID))
+    if after:
+        last = tuple_(
+            bindparam("after_at", type_=_r.uploaded_at.type), bindparam("after_id", type_=_UUID)
+        )
+        records = records.where(tuple_(_r.uploaded_at, _r.id) < last)
+    ordered = records.order_by(_r.uploaded_at.desc(), _r.id.desc())
+    rows = ordered.limit(bindparam("limit", type_=Integer)).subquery("r")
+    gate = select(_bound_access(role, own=own).label("allowed")).subquery("gate")
+    return (
+        select(gate.c.allowed, *rows.c)
+        .select_from(gate.outerjoin(rows, gate.c.allowed))
+        .order_by(rows.c.uploaded_at.desc(), rows.c.id.desc())
+    )
+
+
 async def page(
     session: AsyncSession,
     access: RecordAccess,
     *,
     after: tuple[datetime, uuid.UUID] | None,
     limit: int,
-) -> tuple[bool, Sequence[MedicalRecord]]:
-    """Whether the caller may see the patient's records, and up to `limit + 1` of them, newest
-    first, in one statement: `(SELECT <access>) LEFT JOIN (the page) ON <access>`. Keyset on
-    (uploaded_at, id), served by ix_medical_records_patient_id_uploaded_at."""
-    records = select(MedicalRecord).where(MedicalRecord.patient_id == access.patient_id)
-    if after is not None:
-        records = records.where(tuple_(MedicalRecord.uploaded_at, MedicalRecord.id) < after)
-    ordered = records.order_by(MedicalRecord.uploaded_at.desc(), MedicalRecord.id.desc())
-    rows = ordered.limit(limit + 1).subquery("r")
-    record = aliased(MedicalRecord, rows)
-    gate = select(access.clause().label("allowed")).subquery("gate")
-    query = (
-        select(gate.c.allowed, record)
-        .select_from(gate.outerjoin(rows, gate.c.allowed))
-        .order_by(record.uploaded_at.desc(), record.id.desc())
+) -> tuple[bool, Sequence[AnyRow]]:
+    """Whether the caller may see the patient's records, and up to `limit + 1` of them (rows
+    of `allowed` and LISTED_COLUMNS), newest first, in one statement: `(SELECT <access>) LEFT
+    JOIN (the page) ON <access>`. Keyset on (uploaded_at, id), served by
+    ix_medical_records_patient_id_uploaded_at."""
+    query = _page_statement(
+        access.role, own=access.user_id == access.patient_id, after=after is not None
     )
-    result = (await session.execute(query)).all()
+    params: dict[str, Any] = {
+        "patient_id": access.patient_id,
+        "user_id": access.user_id,
+        "limit": limit + 1,
+    }
+    if after is not None:
+        params["after_at"], params["after_id"] = after
+    result = (await session.execute(query, params)).all()
     allowed = bool(result and result[0].allowed)
-    return allowed, [row[1] for row in result if allowed and row[1] is not None]
+    return allowed, [row for row in result if allowed and row.id is not None]
 
 
 async def get(

@@ -13,6 +13,7 @@ import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 import anyio
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -28,6 +29,7 @@ from app.integrations.storage import (
 )
 from app.kit import audit
 from app.kit.cache import Cache
+from app.kit.db import AnyRow
 from app.kit.errors import (
     AlreadyUploaded,
     Forbidden,
@@ -72,13 +74,26 @@ def _out(record: MedicalRecord) -> RecordOut:
     return RecordOut.model_validate(record, from_attributes=True)
 
 
-def filename_for(record: MedicalRecord) -> str:
+class StoredFile(Protocol):
+    """What naming and signing a record's download needs: an ORM record or a listed row."""
+
+    @property
+    def id(self) -> uuid.UUID: ...
+    @property
+    def title(self) -> str: ...
+    @property
+    def content_type(self) -> str: ...
+    @property
+    def storage_key(self) -> str: ...
+
+
+def filename_for(record: StoredFile) -> str:
     extension = mimetypes.guess_extension(record.content_type, strict=False) or ""
     title = record.title
     return title if not extension or title.lower().endswith(extension) else title + extension
 
 
-def _presign(context: Context, principal: Principal, record: MedicalRecord) -> str:
+def _presign(context: Context, principal: Principal, record: StoredFile) -> str:
     return context.storage.presign_download(
         record.storage_key,
         content_type=record.content_type,
@@ -90,7 +105,7 @@ def _presign(context: Context, principal: Principal, record: MedicalRecord) -> s
 
 
 async def download_urls(
-    context: Context, principal: Principal, records: Sequence[MedicalRecord]
+    context: Context, principal: Principal, records: Sequence[StoredFile]
 ) -> list[str]:
     """A download URL per record. Cached in Redis for half the URL lifetime, so a cached URL
     always has at least half its life left, and a page asks for all of them in one MGET (one
@@ -117,13 +132,29 @@ async def download_urls(
     return urls
 
 
+def _listed(row: AnyRow, url: str) -> dict[str, Any]:
+    """RecordWithUrl's shape and key order, from a row of repository.LISTED_COLUMNS."""
+    return {
+        "id": row.id,
+        "patient_id": row.patient_id,
+        "uploaded_by": row.uploaded_by,
+        "record_type": row.record_type,
+        "title": row.title,
+        "content_type": row.content_type,
+        "size_bytes": row.size_bytes,
+        "uploaded_at": row.uploaded_at,
+        "download_url": url,
+    }
+
+
 async def list_records(
     session: AsyncSession,
     context: Context,
     principal: Principal,
     patient_id: uuid.UUID,
     params: PageParams,
-) -> tuple[list[RecordWithUrl], str | None]:
+) -> tuple[list[dict[str, Any]], str | None]:
+    """A page of RecordWithUrl-shaped dicts (for `page_response`) and the next cursor."""
     after = None
     if params.cursor is not None:
         uploaded_at, record_id = decode_cursor(params.cursor, (parse_datetime, parse_uuid))
@@ -144,10 +175,7 @@ async def list_records(
         [patient_id],
         {"record_ids": ids, "count": len(ids), "first_page": params.cursor is None},
     )
-    items = [
-        RecordWithUrl(**_out(record).model_dump(), download_url=url)
-        for record, url in zip(records, urls, strict=True)
-    ]
+    items = [_listed(record, url) for record, url in zip(records, urls, strict=True)]
     return items, cursor
 
 
