@@ -47,16 +47,14 @@ async def book(
     principal: CurrentPrincipal,
     key: IdempotencyKeyHeader,
     session: WriteSession,
-    reads: PrimaryReadSession,
     rules: Rules,
     limiter: Limiter,
 ) -> JSONResponse:
     await limiter.enforce(limiter.policies.booking_per_user, str(principal.user_id))
     return await run_idempotent(
         session,
-        reads,
         IdempotentCall.of(request, principal.user_id, key, data),
-        lambda: service.book(session, reads, rules, principal, data),
+        lambda: service.book(session, rules, principal, data),
         status_code=status.HTTP_201_CREATED,
     )
 
@@ -115,12 +113,10 @@ async def reschedule(
     principal: CurrentPrincipal,
     key: IdempotencyKeyHeader,
     session: WriteSession,
-    reads: PrimaryReadSession,
     rules: Rules,
 ) -> JSONResponse:
     return await run_idempotent(
         session,
-        reads,
         IdempotentCall.of(request, principal.user_id, key, data),
         lambda: service.reschedule(session, rules, principal, appointment_id, data.start),
         status_code=status.HTTP_200_OK,

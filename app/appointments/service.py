@@ -202,17 +202,21 @@ async def _patient_for(session: AsyncSession, principal: Principal, data: BookIn
 
 
 async def _refuse_if_taken(
-    reads: AsyncSession, rules: BookingRules, provider_id: uuid.UUID, start: datetime
+    session: AsyncSession, rules: BookingRules, provider_id: uuid.UUID, start: datetime
 ) -> None:
-    """Contention losers fail here, on one indexed autocommit read: before the provider lock
-    and before any write, so they neither queue for the lock nor hold a transaction. Only a
-    slot that is bookable and taken is refused; everything else (and every apparent winner)
-    goes on to the checks under the lock, which decide."""
+    """Contention losers fail here, on one indexed read before the provider lock and before
+    any write, so they never queue for the lock. Only a slot that is bookable and taken is
+    refused; everything else (and every apparent winner) goes on to the checks under the
+    lock, which decide.
+
+    It runs on the write session, so an apparent winner goes on with the connection it has:
+    a read on another session would hand its connection back and queue for a new one behind
+    every request of the burst, none of which could see the winner's commit before it."""
     # The provider's zone is not known yet: the UTC date with a day either side holds the
     # local date of `start` in any zone.
     day = start.astimezone(UTC).date()
     state = await availability_repository.slot_state(
-        reads, provider_id, start, rules.window(day - _ONE_DAY, day + _ONE_DAY)
+        session, provider_id, start, rules.window(day - _ONE_DAY, day + _ONE_DAY)
     )
     if state is not None and state.bookable_time and not state.time_off and state.taken:
         raise SlotUnavailable("This slot has just been taken; pick another one.")
@@ -222,19 +226,13 @@ _ONE_DAY = timedelta(days=1)
 
 
 async def book(
-    session: AsyncSession,
-    reads: AsyncSession,
-    rules: BookingRules,
-    principal: Principal,
-    data: BookIn,
+    session: AsyncSession, rules: BookingRules, principal: Principal, data: BookIn
 ) -> AppointmentOut:
-    """Book a slot: `reads` (autocommit, on the primary) turns away a slot already taken, then
-    `session` locks the provider, checks the slot and writes the appointment, its event and
-    (through the caller) its idempotency record; the exclusion constraints have the last word."""
+    """Turn a taken slot away at once; else lock the provider, check the slot and write the
+    appointment and its event (the caller adds the idempotency record). The exclusion
+    constraints have the last word."""
     patient_id = await _patient_for(session, principal, data)
-    await _refuse_if_taken(reads, rules, data.provider_id, data.start)
-    # Back to the pool before the transaction takes one: a booking holds one connection.
-    await reads.close()
+    await _refuse_if_taken(session, rules, data.provider_id, data.start)
     locked = await repository.lock_for_booking(session, data.provider_id, patient_id)
     if locked is None:
         raise NotFound("No such provider.")

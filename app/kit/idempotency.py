@@ -112,22 +112,18 @@ class IdempotentCall:
 
 async def run_idempotent(
     session: AsyncSession,
-    reads: AsyncSession,
     call: IdempotentCall,
     handler: Callable[[], Awaitable[BaseModel]],
     *,
     status_code: int,
 ) -> JSONResponse:
-    """Run `handler` once per (user, key); replay its stored response on a matching retry.
-
-    `session` is the request's write session, `reads` an autocommit session on the primary:
-    a refusal raised before the handler wrote anything is answered without a transaction."""
+    """Run `handler` once per (user, key); replay its stored response on a matching retry."""
     try:
         result = await handler()
     except AppError as exc:
         if exc.commits:
             raise
-        stored = await _stored_after_refusal(session, reads, call, exc)
+        stored = await _stored_after_refusal(session, call, exc)
         if stored is None:
             raise
         return _replay(stored, call)
@@ -162,19 +158,17 @@ async def _read(
 
 
 async def _stored_after_refusal(
-    session: AsyncSession, reads: AsyncSession, call: IdempotentCall, exc: AppError
+    session: AsyncSession, call: IdempotentCall, exc: AppError
 ) -> AnyRow | None:
     """The live outcome stored for the key, read after the handler refused; whatever the
     handler wrote is rolled back either way."""
-    if session.in_transaction() and not isinstance(exc.__cause__, DBAPIError):
-        # Still usable (no statement failed): read on the connection already held.
-        stored = await _read(session, call)
+    if isinstance(exc.__cause__, DBAPIError):
+        # A failed statement aborted the transaction: it must end before anything is read.
         await session.rollback()
-        return stored
-    # Nothing written yet (the handler refused on `reads`), or a failed statement aborted the
-    # transaction: it must end before anything else is read.
+    # Otherwise on the transaction (and connection) the refusal came from.
+    stored = await _read(session, call)
     await session.rollback()
-    return await _read(reads, call)
+    return stored
 
 
 def _replay(stored: AnyRow, call: IdempotentCall) -> JSONResponse:
