@@ -112,6 +112,26 @@ async def lock_provider(
     return result.scalar_one_or_none()
 
 
+# Whether an active appointment of the provider starts at :start, unless time off overlaps it
+# (the slot would then be refused as not bookable, which the checks under the lock say). Served
+# by ix_appointments_provider_id_active and ix_time_off_provider_id_ends_at: a read of an
+# index entry or two, where the full slot check expands the provider's grid for the day.
+_TAKEN_AT = text(
+    """
+    SELECT EXISTS (
+        SELECT 1 FROM appointments a
+        WHERE a.provider_id = :provider_id
+          AND a.status IN ('booked', 'checked_in')
+          AND a.starts_at = :start
+          AND NOT EXISTS (
+              SELECT 1 FROM time_off t
+              WHERE t.provider_id = a.provider_id
+                AND t.ends_at > a.starts_at
+                AND t.starts_at < a.ends_at
+          )
+    )
+    """
+)
 # The booking's provider lock, with everything the booking and its response need of the
 # provider and the patient in the same round trip. Only the provider's row is locked (`OF p`);
 # the patient is NULL when `patient_id` names no active patient.
@@ -138,6 +158,12 @@ _INSERT_BOOKING = text(
               cancel_reason, created_at, updated_at
     """
 )
+
+
+async def taken_at(session: AsyncSession, provider_id: uuid.UUID, start: datetime) -> bool:
+    """Whether an active appointment of the provider starts at `start` (time off aside)."""
+    params = {"provider_id": provider_id, "start": start}
+    return bool(await session.scalar(_TAKEN_AT, params))
 
 
 async def lock_for_booking(

@@ -205,24 +205,19 @@ async def _refuse_if_taken(
     session: AsyncSession, rules: BookingRules, provider_id: uuid.UUID, start: datetime
 ) -> None:
     """Contention losers fail here, on one indexed read before the provider lock and before
-    any write, so they never queue for the lock. Only a slot that is bookable and taken is
-    refused; everything else (and every apparent winner) goes on to the checks under the
-    lock, which decide.
+    any write, so they never queue for the lock. Only a bookable time that an active
+    appointment already starts at is refused; everything else (and every apparent winner)
+    goes on to the checks under the lock, which decide. (A start the provider's grid no
+    longer has, under a visit booked before the schedule changed, is refused here as taken
+    where the checks would say `not_a_slot`.)
 
     It runs on the write session, so an apparent winner goes on with the connection it has:
     a read on another session would hand its connection back and queue for a new one behind
     every request of the burst, none of which could see the winner's commit before it."""
-    # The provider's zone is not known yet: the UTC date with a day either side holds the
-    # local date of `start` in any zone.
-    day = start.astimezone(UTC).date()
-    state = await availability_repository.slot_state(
-        session, provider_id, start, rules.window(day - _ONE_DAY, day + _ONE_DAY)
-    )
-    if state is not None and state.bookable_time and not state.time_off and state.taken:
+    now = rules.now()
+    bookable = now + rules.min_notice <= start < now + rules.horizon
+    if bookable and await repository.taken_at(session, provider_id, start):
         raise SlotUnavailable("This slot has just been taken; pick another one.")
-
-
-_ONE_DAY = timedelta(days=1)
 
 
 async def book(

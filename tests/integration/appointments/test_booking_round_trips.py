@@ -54,6 +54,8 @@ def _shape(traffic: Traffic) -> list[str]:
             shapes.append(f"INSERT {words[2]}")
         elif words[0].upper() == "WITH":
             shapes.append("slot state")
+        elif "FROM appointments a" in statement.sql and "EXISTS" in statement.sql:
+            shapes.append("taken?")
         elif "FOR NO KEY UPDATE" in statement.sql:
             shapes.append("provider lock")
         else:
@@ -108,7 +110,7 @@ async def test_a_booking_is_eight_statements_and_answers_from_the_rows_it_wrote(
     assert response.status_code == 201, response.text
     assert _shape(traffic) == [
         "BEGIN",
-        "slot state",  # the fail-fast read, before the lock
+        "taken?",  # the fail-fast read, before the lock
         "provider lock",  # with the patient and the response's names
         "slot state",  # under the lock: the check that decides
         "INSERT appointments",
@@ -152,7 +154,7 @@ async def test_a_taken_slot_and_a_replay_are_answered_before_the_lock(
     # took it is a replay), and the read-only transaction ends: no lock, no write. (A user's
     # first request here may start with the authentication's read of the user's state.)
     for traffic in (lost, replayed):
-        assert _shape(traffic)[-4:] == ["BEGIN", "slot state", "SELECT", "ROLLBACK"], traffic.sql
+        assert _shape(traffic)[-4:] == ["BEGIN", "taken?", "SELECT", "ROLLBACK"], traffic.sql
         assert "FROM idempotency_keys" in traffic.sql[-2]
         assert "provider lock" not in _shape(traffic)
         assert len(traffic.statements) <= 5, traffic.sql

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections import Counter
-from datetime import datetime, time
+from datetime import datetime, time, timedelta
 
 import httpx
 from fastapi import FastAPI
@@ -19,7 +19,10 @@ from sqlalchemy import text
 
 from app.kit.db import Database
 from app.kit.security import Tokens
+from app.models import Role
+from tests.fixtures.app import Accounts
 from tests.fixtures.booking import Booking, local_instant, next_local_day
+from tests.fixtures.problems import assert_problem
 
 PATIENTS = 60
 SLOTS = 3
@@ -87,3 +90,29 @@ async def test_every_patient_on_every_slot_at_once_one_winner_each(
         )
         per_slot = {row.starts_at: row.n for row in rows}
     assert per_slot == dict.fromkeys(starts, 1)
+
+
+async def test_the_fast_refusal_keeps_the_contracts_order_of_refusals(
+    client: httpx.AsyncClient, booking: Booking, accounts: Accounts
+) -> None:
+    """A taken slot that the provider has since taken time off over is still `not_a_slot`
+    (the provider is away): the fast read refuses only what the checks under the lock would
+    refuse as taken."""
+    provider = await booking.provider()
+    first = await accounts.create(Role.PATIENT)
+    second = await accounts.create(Role.PATIENT)
+    day = next_local_day(provider.timezone)
+    start = local_instant(day, time(9, 0), provider.timezone)
+    assert (await booking.book(first, provider, start)).status_code == 201
+    assert_problem(await booking.book(second, provider, start), 409, "slot_unavailable")
+    away = await client.post(
+        f"/v1/providers/{provider.id}/time-off",
+        json={
+            "starts_at": start.isoformat(),
+            "ends_at": (start + timedelta(hours=1)).isoformat(),
+        },
+        headers=provider.headers,
+    )
+    assert away.status_code == 201, away.text
+
+    assert_problem(await booking.book(second, provider, start), 422, "not_a_slot")
