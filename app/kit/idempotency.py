@@ -35,7 +35,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.kit.db import AnyRow
+from app.kit.db import AnyRow, discard_after_commit
 from app.kit.errors import (
     AppError,
     IdempotencyInFlight,
@@ -143,7 +143,7 @@ async def run_idempotent(
     # The key holds a live outcome (committed meanwhile, or before this request started): this
     # statement's snapshot is newer than the conflict, so it sees the row.
     stored = await _read(session, call, cutoff)
-    await session.rollback()
+    await _roll_back(session)
     if stored is None:
         # Its holder is gone meanwhile (the user was deleted): nothing to replay, nothing done.
         raise IdempotencyInFlight("A request with this Idempotency-Key was being processed.")
@@ -164,11 +164,18 @@ async def _stored_after_refusal(
     handler wrote is rolled back either way."""
     if isinstance(exc.__cause__, DBAPIError):
         # A failed statement aborted the transaction: it must end before anything is read.
-        await session.rollback()
+        await _roll_back(session)
     # Otherwise on the transaction (and connection) the refusal came from.
     stored = await _read(session, call)
-    await session.rollback()
+    await _roll_back(session)
     return stored
+
+
+async def _roll_back(session: AsyncSession) -> None:
+    """Undo the handler's work, and the after-commit follow-ups it registered (events to
+    publish): the request may still succeed, as a replay, and its session then commits."""
+    await session.rollback()
+    discard_after_commit(session)
 
 
 def _replay(stored: AnyRow, call: IdempotentCall) -> JSONResponse:

@@ -1,6 +1,7 @@
 """What a booking costs PostgreSQL, counted at the wire (as in
-tests/integration/kit/test_read_round_trips.py): a booking is 8 statements, a request for a
-slot already taken or a replay is turned away before the provider lock and before any write.
+tests/integration/kit/test_read_round_trips.py): a booking is 8 statements (it was 11), a
+request for a slot already taken or a replay is turned away before the provider lock and before
+any write, a reschedule is 8 (it was 10) and a patient's cancellation 5.
 
 The app under test has one pooled connection, so every request also shows that it needs only
 one at a time; its second request of a kind reuses the statements the first one prepared.
@@ -191,3 +192,48 @@ async def test_a_patients_cancellation_is_five_statements(
     assert response.status_code == 200, response.text
     assert response.json()["status"] == "cancelled"
     assert _shape(traffic) == ["BEGIN", "SELECT", "UPDATE", "INSERT outbox", "COMMIT"], traffic.sql
+
+
+async def test_a_reschedule_is_eight_statements(
+    settings: Settings,
+    database: Database,
+    proxy: PostgresProxy,
+    booking: Booking,
+    accounts: Accounts,
+) -> None:
+    provider = await booking.provider()
+    patient = await accounts.create(Role.PATIENT)
+    day = next_local_day(provider.timezone)
+
+    async with proxied_app(settings, proxy) as (_, client):
+        moves = []
+        for hour in (9, 10):
+            booked = await _post(client, patient, provider, day, hour, f"k{hour}")
+            assert booked.status_code == 201, booked.text
+            moves.append(
+                (booked.json()["id"], local_instant(day, time(hour + 5), provider.timezone))
+            )
+        # The first one warms the connection's statements up; the second is recorded.
+        responses, recorded = [], []
+        for n, (appointment_id, start) in enumerate(moves):
+            with proxy.recording() as traffic:
+                responses.append(
+                    await client.post(
+                        f"/v1/appointments/{appointment_id}/reschedule",
+                        json={"start": start.isoformat()},
+                        headers={**patient.headers, "Idempotency-Key": f"move-{n}"},
+                    )
+                )
+            recorded.append(traffic)
+
+    assert [r.status_code for r in responses] == [200, 200], responses[-1].text
+    assert _shape(recorded[-1]) == [
+        "BEGIN",
+        "SELECT",  # the appointment as the caller may see it
+        "provider lock",
+        "slot state",
+        "UPDATE",
+        "INSERT outbox",
+        "INSERT idempotency_keys",
+        "COMMIT",
+    ], recorded[-1].sql
