@@ -15,6 +15,7 @@ from sqlalchemy import (
     cast,
     func,
     select,
+    text,
     tuple_,
     update,
 )
@@ -204,17 +205,93 @@ async def lock_provider(
     return result.scalar_one_or_none()
 
 
-async def get_patient(session: AsyncSession, patient_id: uuid.UUID) -> User | None:
-    result = await session.execute(
-        select(User).where(User.id == patient_id, User.role == Role.PATIENT.value, User.is_active)
+# Whether an active appointment of the provider starts at :start, unless time off overlaps it
+# (the slot would then be refused as not bookable, which the checks under the lock say). Served
+# by ix_appointments_provider_id_active and ix_time_off_provider_id_ends_at: a read of an
+# index entry or two, where the full slot check expands the provider's grid for the day.
+_TAKEN_AT = text(
+    """
+    SELECT EXISTS (
+        SELECT 1 FROM appointments a
+        WHERE a.provider_id = :provider_id
+          AND a.status IN ('booked', 'checked_in')
+          AND a.starts_at = :start
+          AND NOT EXISTS (
+              SELECT 1 FROM time_off t
+              WHERE t.provider_id = a.provider_id
+                AND t.ends_at > a.starts_at
+                AND t.starts_at < a.ends_at
+          )
     )
-    return result.scalar_one_or_none()
+    """
+)
+# The booking's provider lock, with everything the booking and its response need of the
+# provider and the patient in the same round trip. Only the provider's row is locked (`OF p`);
+# the patient is NULL when `patient_id` names no active patient.
+_LOCK_FOR_BOOKING = text(
+    """
+    SELECT p.key AS provider_key, p.clinic_id, p.timezone AS tz,
+           pu.full_name AS provider_name, sp.name AS specialty,
+           pt.key AS patient_key, pt.full_name AS patient_name
+    FROM providers p
+    JOIN users pu ON pu.id = p.user_id
+    JOIN specialties sp ON sp.id = p.specialty_id
+    LEFT JOIN users pt ON pt.id = :patient_id AND pt.role = 'patient' AND pt.is_active
+    WHERE p.user_id = :provider_id AND p.is_active
+    FOR NO KEY UPDATE OF p
+    """
+)
+_INSERT_BOOKING = text(
+    """
+    INSERT INTO appointments
+        (id, provider_id, provider_key, patient_id, patient_key, clinic_id, starts_at, ends_at)
+    VALUES (:id, :provider_id, :provider_key, :patient_id, :patient_key, :clinic_id,
+            :starts_at, :ends_at)
+    RETURNING id, provider_id, patient_id, clinic_id, starts_at, ends_at, status, video_status,
+              cancel_reason, created_at, updated_at
+    """
+)
 
 
-async def insert(session: AsyncSession, appointment: Appointment) -> Appointment:
-    session.add(appointment)
-    await session.flush()
-    return appointment
+async def taken_at(session: AsyncSession, provider_id: uuid.UUID, start: datetime) -> bool:
+    """Whether an active appointment of the provider starts at `start` (time off aside)."""
+    params = {"provider_id": provider_id, "start": start}
+    return bool(await session.scalar(_TAKEN_AT, params))
+
+
+async def lock_for_booking(
+    session: AsyncSession, provider_id: uuid.UUID, patient_id: uuid.UUID
+) -> AnyRow | None:
+    """Lock an active provider's row against concurrent bookings of theirs (as
+    `lock_provider`), and read the patient; None when there is no such active provider."""
+    params = {"provider_id": provider_id, "patient_id": patient_id}
+    return (await session.execute(_LOCK_FOR_BOOKING, params)).one_or_none()
+
+
+async def insert_booking(
+    session: AsyncSession,
+    *,
+    appointment_id: uuid.UUID,
+    provider_id: uuid.UUID,
+    provider_key: int,
+    patient_id: uuid.UUID,
+    patient_key: int,
+    clinic_id: uuid.UUID,
+    starts_at: datetime,
+    ends_at: datetime,
+) -> AnyRow:
+    """The new appointment's row as stored (defaults and timestamps filled in)."""
+    params = {
+        "id": appointment_id,
+        "provider_id": provider_id,
+        "provider_key": provider_key,
+        "patient_id": patient_id,
+        "patient_key": patient_key,
+        "clinic_id": clinic_id,
+        "starts_at": starts_at,
+        "ends_at": ends_at,
+    }
+    return (await session.execute(_INSERT_BOOKING, params)).one()
 
 
 async def transition(
@@ -315,6 +392,8 @@ async def bulk_transition(
             Appointment.provider_id,
             Appointment.patient_id,
             Appointment.clinic_id,
+            Appointment.starts_at,
+            Appointment.ends_at,
         )
         .cte("changed")
     )
@@ -325,6 +404,8 @@ async def bulk_transition(
         changed.c.provider_id,
         changed.c.patient_id,
         changed.c.clinic_id,
+        changed.c.starts_at,
+        changed.c.ends_at,
     ).select_from(
         requested.outerjoin(visible, visible.c.id == requested.c.id).outerjoin(
             changed, changed.c.id == requested.c.id
@@ -357,6 +438,8 @@ async def cancel_range(
             Appointment.provider_id,
             Appointment.patient_id,
             Appointment.clinic_id,
+            Appointment.starts_at,
+            Appointment.ends_at,
         )
         .execution_options(synchronize_session=False)
     )

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -42,6 +42,7 @@ from app.kit.errors import (
 from app.kit.pagination import PageParams, build_page, decode_cursor, parse_datetime, parse_uuid
 from app.kit.schemas import to_local_iso
 from app.models import Appointment, AppointmentStatus, Provider, Role
+from app.models.base import new_id
 
 # The status machine of the contract; anything else is `invalid_transition`.
 ALLOWED_FROM: dict[AppointmentStatus, tuple[AppointmentStatus, ...]] = {
@@ -96,12 +97,20 @@ def _out(row: AnyRow, **changes: Any) -> AppointmentOut:
     )
 
 
+def _utc_iso(value: datetime) -> str:
+    return value.astimezone(UTC).isoformat()
+
+
 def _event(appointment: Appointment | AnyRow, **extra: Any) -> dict[str, Any]:
+    """An appointment event's payload; its times let subscribers act on the dates it touches
+    (`extra` overrides them where the event moved the appointment)."""
     return {
         "appointment_id": str(appointment.id),
         "provider_id": str(appointment.provider_id),
         "patient_id": str(appointment.patient_id),
         "clinic_id": str(appointment.clinic_id),
+        "starts_at": _utc_iso(appointment.starts_at),
+        "ends_at": _utc_iso(appointment.ends_at),
         **extra,
     }
 
@@ -123,16 +132,17 @@ async def _visible(
 async def _checked_slot(
     session: AsyncSession,
     rules: BookingRules,
-    provider: Provider,
+    provider_id: uuid.UUID,
+    timezone: str,
     start: datetime,
     *,
     ignore_appointment_id: uuid.UUID | None = None,
 ) -> tuple[datetime, datetime]:
     """The slot at `start` if it is on the grid, bookable and free; else the matching error."""
-    local_day = start.astimezone(ZoneInfo(provider.timezone)).date()
+    local_day = start.astimezone(ZoneInfo(timezone)).date()
     state = await availability_repository.slot_state(
         session,
-        provider.user_id,
+        provider_id,
         start,
         rules.window(local_day, local_day),
         ignore_appointment_id=ignore_appointment_id,
@@ -191,38 +201,81 @@ async def _patient_for(session: AsyncSession, principal: Principal, data: BookIn
     return data.patient_id
 
 
+async def _refuse_if_taken(
+    session: AsyncSession, rules: BookingRules, provider_id: uuid.UUID, start: datetime
+) -> None:
+    """Contention losers fail here, on one indexed read before the provider lock and before
+    any write, so they never queue for the lock. Only a bookable time that an active
+    appointment already starts at is refused; everything else (and every apparent winner)
+    goes on to the checks under the lock, which decide. (A start the provider's grid no
+    longer has, under a visit booked before the schedule changed, is refused here as taken
+    where the checks would say `not_a_slot`.)
+
+    It runs on the write session, so an apparent winner goes on with the connection it has:
+    a read on another session would hand its connection back and queue for a new one behind
+    every request of the burst, none of which could see the winner's commit before it."""
+    now = rules.now()
+    bookable = now + rules.min_notice <= start < now + rules.horizon
+    if bookable and await repository.taken_at(session, provider_id, start):
+        raise SlotUnavailable("This slot has just been taken; pick another one.")
+
+
 async def book(
     session: AsyncSession, rules: BookingRules, principal: Principal, data: BookIn
 ) -> AppointmentOut:
+    """Turn a taken slot away at once; else lock the provider, check the slot and write the
+    appointment and its event (the caller adds the idempotency record). The exclusion
+    constraints have the last word."""
     patient_id = await _patient_for(session, principal, data)
-    provider = await _lock_provider(session, principal, data.provider_id, "book appointments")
-    patient = await repository.get_patient(session, patient_id)
-    if patient is None:
+    await _refuse_if_taken(session, rules, data.provider_id, data.start)
+    locked = await repository.lock_for_booking(session, data.provider_id, patient_id)
+    if locked is None:
+        raise NotFound("No such provider.")
+    if (
+        principal.role is Role.STAFF
+        and await auth_service.staff_clinic_id(session, principal) != locked.clinic_id
+    ):
+        raise Forbidden("Staff book appointments at their own clinic only.")
+    if locked.patient_key is None:
         raise ValidationFailed("patient_id does not name a patient", loc=("body", "patient_id"))
-    starts_at, ends_at = await _checked_slot(session, rules, provider, data.start)
+    starts_at, ends_at = await _checked_slot(
+        session, rules, data.provider_id, locked.tz, data.start
+    )
     try:
-        appointment = await repository.insert(
+        row = await repository.insert_booking(
             session,
-            Appointment(
-                provider_id=provider.user_id,
-                provider_key=provider.key,
-                patient_id=patient.id,
-                patient_key=patient.key,
-                clinic_id=provider.clinic_id,
-                starts_at=starts_at,
-                ends_at=ends_at,
-            ),
+            appointment_id=new_id(),
+            provider_id=data.provider_id,
+            provider_key=locked.provider_key,
+            patient_id=patient_id,
+            patient_key=locked.patient_key,
+            clinic_id=locked.clinic_id,
+            starts_at=starts_at,
+            ends_at=ends_at,
         )
     except IntegrityError as exc:
         # The exclusion constraints are the backstop; the lock makes this rare.
         raise _overlap_error(exc) from exc
-    await outbox.emit(
-        session,
-        "appointment.booked",
-        _event(appointment, starts_at=starts_at.isoformat(), ends_at=ends_at.isoformat()),
+    await outbox.emit(session, "appointment.booked", _event(row))
+    await _audit(session, principal, "appointment.booked", [row.id])
+    # The response from the rows in hand: the insert's RETURNING and the lock's read.
+    return AppointmentOut(
+        id=row.id,
+        provider_id=row.provider_id,
+        patient_id=row.patient_id,
+        clinic_id=row.clinic_id,
+        start=to_local_iso(row.starts_at, locked.tz),
+        end=to_local_iso(row.ends_at, locked.tz),
+        status=row.status,
+        video_status=row.video_status,
+        cancel_reason=row.cancel_reason,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        provider=ProviderRef(
+            id=row.provider_id, full_name=locked.provider_name, specialty=locked.specialty
+        ),
+        patient=PatientRef(id=row.patient_id, full_name=locked.patient_name),
     )
-    await _audit(session, principal, "appointment.booked", [appointment.id])
-    return await get(session, principal, appointment.id)
 
 
 async def visible_row(
@@ -357,7 +410,12 @@ async def reschedule(
     if provider is None:
         raise NotASlot("The provider no longer takes appointments.")
     starts_at, ends_at = await _checked_slot(
-        session, rules, provider, start, ignore_appointment_id=appointment.id
+        session,
+        rules,
+        provider.user_id,
+        provider.timezone,
+        start,
+        ignore_appointment_id=appointment.id,
     )
     old_start = appointment.starts_at
     try:
@@ -373,8 +431,10 @@ async def reschedule(
             appointment,
             by=str(principal.user_id),
             old_starts_at=old_start.isoformat(),
-            starts_at=starts_at.isoformat(),
-            ends_at=ends_at.isoformat(),
+            starts_at=_utc_iso(starts_at),
+            ends_at=_utc_iso(ends_at),
+            previous_starts_at=_utc_iso(old_start),
+            previous_ends_at=_utc_iso(appointment.ends_at),
         ),
     )
     await _audit(

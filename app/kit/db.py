@@ -347,6 +347,13 @@ def after_commit(session: AsyncSession, callback: Callable[[], Awaitable[None]])
     session.info.setdefault(_AFTER_COMMIT, []).append(callback)
 
 
+def discard_after_commit(session: AsyncSession) -> None:
+    """Forget the callbacks registered so far: for a transaction rolled back by hand inside a
+    request that still succeeds (an idempotent replay), whose effects are gone and so must
+    be their follow-ups."""
+    session.info.pop(_AFTER_COMMIT, None)
+
+
 async def _run_after_commit(session: AsyncSession) -> None:
     callbacks: list[Callable[[], Awaitable[None]]] = session.info.pop(_AFTER_COMMIT, [])
     for callback in callbacks:

@@ -1,14 +1,20 @@
 """Idempotency keys for creating POSTs (audit F5), after draft-ietf-httpapi-idempotency-key-header.
 
-A key is scoped to the user. Within the request's transaction:
+A key is scoped to the user. The handler runs first, in the request's transaction; its response
+is then stored with one `INSERT … ON CONFLICT` as the transaction's last write, so the change
+and its key commit together or not at all:
 
-1. a transaction-scoped advisory lock on (user, key) is *tried*: if another request holds it,
-   that request is still in flight -> 409 `idempotency_in_flight` (no waiting, no blocking);
-2. a stored outcome for the key (younger than 24 h) is replayed with `Idempotent-Replayed: true`
-   when the request matches, or refused with 422 `idempotency_key_reused` when it does not;
-3. otherwise the handler runs, and its response is stored in the same transaction, so the
-   booking and its key commit together or not at all. A request that fails (4xx, 5xx) stores
-   nothing: retrying it with the same key runs it again.
+* the INSERT returns its row: the key was free (or held only an expired outcome, which it
+  replaces) and the transaction commits;
+* it returns nothing: the key holds a live outcome. A concurrent request with the same key
+  made the INSERT wait on its uncommitted row until it committed, so at most one change per
+  key ever commits. This one is rolled back and the stored outcome is replayed with
+  `Idempotent-Replayed: true` when the request matches, or refused with 422
+  `idempotency_key_reused` when it does not.
+
+A refusal (an `AppError`) is answered from the stored outcome as well when the key holds one:
+the retry of a booking finds its slot taken, by itself. A request that fails stores nothing:
+retrying it with the same key runs it again.
 """
 
 from __future__ import annotations
@@ -26,9 +32,12 @@ from fastapi import Depends, Header, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.kit.db import AnyRow, discard_after_commit
 from app.kit.errors import (
+    AppError,
     IdempotencyInFlight,
     IdempotencyKeyMissing,
     IdempotencyKeyReused,
@@ -40,26 +49,26 @@ KEY_LIFETIME = timedelta(hours=24)
 REPLAY_HEADER = "Idempotent-Replayed"
 _KEY_SHAPE = re.compile(r"^[\x21-\x7e]{1,255}$")  # visible ASCII, as header values allow
 
-_TRY_LOCK = text("SELECT pg_try_advisory_xact_lock(hashtextextended(:scope, 0))")
-# The CTE removes an expired key; the SELECT still sees it (same snapshot) and the caller
-# ignores it by age, so one round trip does both.
 _READ = text(
     """
-    WITH expired AS (
-        DELETE FROM idempotency_keys
-        WHERE user_id = :user_id AND key = :key AND created_at < :cutoff
-    )
-    SELECT method, path, request_hash, status_code, response_body, created_at
+    SELECT method, path, request_hash, status_code, response_body
     FROM idempotency_keys
-    WHERE user_id = :user_id AND key = :key
+    WHERE user_id = :user_id AND key = :key AND created_at >= :cutoff
     """
 )
+# DO UPDATE only over an expired outcome: a live one is left alone and nothing is returned.
 _STORE = text(
     """
     INSERT INTO idempotency_keys
         (user_id, key, method, path, request_hash, status_code, response_body, completed_at)
     VALUES (:user_id, :key, :method, :path, :request_hash, :status_code,
             CAST(:response_body AS jsonb), now())
+    ON CONFLICT (user_id, key) DO UPDATE SET
+        method = EXCLUDED.method, path = EXCLUDED.path, request_hash = EXCLUDED.request_hash,
+        status_code = EXCLUDED.status_code, response_body = EXCLUDED.response_body,
+        created_at = now(), completed_at = now()
+    WHERE idempotency_keys.created_at < :cutoff
+    RETURNING true
     """
 )
 _EXPIRE = text("DELETE FROM idempotency_keys WHERE created_at < :cutoff")
@@ -109,38 +118,77 @@ async def run_idempotent(
     status_code: int,
 ) -> JSONResponse:
     """Run `handler` once per (user, key); replay its stored response on a matching retry."""
-    locked = await session.scalar(_TRY_LOCK, {"scope": f"{call.user_id}/{call.key}"})
-    if not locked:
-        raise IdempotencyInFlight("A request with this Idempotency-Key is still being processed.")
-    now = datetime.now(UTC)
-    stored = (
-        await session.execute(_READ, {**call._ids(), "cutoff": now - KEY_LIFETIME})
-    ).one_or_none()
-    if stored is not None and stored.created_at >= now - KEY_LIFETIME:
-        if (stored.method, stored.path, stored.request_hash) != (
-            call.method,
-            call.path,
-            call.request_hash,
-        ):
-            raise IdempotencyKeyReused("This Idempotency-Key was used for a different request.")
-        IDEMPOTENT_REPLAYS.inc()
-        return JSONResponse(
-            stored.response_body, status_code=stored.status_code, headers={REPLAY_HEADER: "true"}
-        )
-    result = await handler()
+    try:
+        result = await handler()
+    except AppError as exc:
+        if exc.commits:
+            raise
+        stored = await _stored_after_refusal(session, call, exc)
+        if stored is None:
+            raise
+        return _replay(stored, call)
     body = result.model_dump(mode="json")
-    await session.execute(
-        _STORE,
-        {
-            **call._ids(),
-            "method": call.method,
-            "path": call.path,
-            "request_hash": call.request_hash,
-            "status_code": status_code,
-            "response_body": orjson.dumps(body).decode(),
-        },
+    cutoff = datetime.now(UTC) - KEY_LIFETIME
+    params = {
+        **call._ids(),
+        "method": call.method,
+        "path": call.path,
+        "request_hash": call.request_hash,
+        "status_code": status_code,
+        "response_body": orjson.dumps(body).decode(),
+        "cutoff": cutoff,
+    }
+    if await session.scalar(_STORE, params):
+        return JSONResponse(body, status_code=status_code)
+    # The key holds a live outcome (committed meanwhile, or before this request started): this
+    # statement's snapshot is newer than the conflict, so it sees the row.
+    stored = await _read(session, call, cutoff)
+    await _roll_back(session)
+    if stored is None:
+        # Its holder is gone meanwhile (the user was deleted): nothing to replay, nothing done.
+        raise IdempotencyInFlight("A request with this Idempotency-Key was being processed.")
+    return _replay(stored, call)
+
+
+async def _read(
+    session: AsyncSession, call: IdempotentCall, cutoff: datetime | None = None
+) -> AnyRow | None:
+    params = {**call._ids(), "cutoff": cutoff or datetime.now(UTC) - KEY_LIFETIME}
+    return (await session.execute(_READ, params)).one_or_none()
+
+
+async def _stored_after_refusal(
+    session: AsyncSession, call: IdempotentCall, exc: AppError
+) -> AnyRow | None:
+    """The live outcome stored for the key, read after the handler refused; whatever the
+    handler wrote is rolled back either way."""
+    if isinstance(exc.__cause__, DBAPIError):
+        # A failed statement aborted the transaction: it must end before anything is read.
+        await _roll_back(session)
+    # Otherwise on the transaction (and connection) the refusal came from.
+    stored = await _read(session, call)
+    await _roll_back(session)
+    return stored
+
+
+async def _roll_back(session: AsyncSession) -> None:
+    """Undo the handler's work, and the after-commit follow-ups it registered (events to
+    publish): the request may still succeed, as a replay, and its session then commits."""
+    await session.rollback()
+    discard_after_commit(session)
+
+
+def _replay(stored: AnyRow, call: IdempotentCall) -> JSONResponse:
+    if (stored.method, stored.path, stored.request_hash) != (
+        call.method,
+        call.path,
+        call.request_hash,
+    ):
+        raise IdempotencyKeyReused("This Idempotency-Key was used for a different request.")
+    IDEMPOTENT_REPLAYS.inc()
+    return JSONResponse(
+        stored.response_body, status_code=stored.status_code, headers={REPLAY_HEADER: "true"}
     )
-    return JSONResponse(body, status_code=status_code)
 
 
 async def expire_keys(session: AsyncSession, now: datetime | None = None) -> int:

@@ -12,12 +12,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import orjson
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.kit import telemetry
 from app.kit.db import AnyRow, after_commit, event_bus_of
-from app.models import OutboxEvent
 
 
 @dataclass(frozen=True)
@@ -44,15 +44,32 @@ async def emit(session: AsyncSession, topic: str, payload: dict[str, Any]) -> No
     await emit_many(session, [(topic, payload)])
 
 
+# One statement for any number of events, prepared once per connection (no ORM unit of work).
+_INSERT = text(
+    """
+    INSERT INTO outbox (topic, payload)
+    SELECT * FROM unnest(CAST(:topics AS text[]), CAST(:payloads AS jsonb[]))
+    """
+)
+
+
 async def emit_many(session: AsyncSession, events: list[tuple[str, dict[str, Any]]]) -> None:
+    if not events:
+        return
+    # Rows the caller added but did not flush are written first, as when this was an ORM
+    # insert: their constraint errors surface before the event is written, not at commit.
+    await session.flush()
     # The stored payload also carries the trace of the request that caused the event; what
     # this process's subscribers get is the payload as given.
     traceparent = telemetry.current_traceparent()
     extra = {telemetry.TRACE_KEY: traceparent} if traceparent else {}
-    session.add_all(
-        OutboxEvent(topic=topic, payload={**payload, **extra}) for topic, payload in events
+    await session.execute(
+        _INSERT,
+        {
+            "topics": [topic for topic, _ in events],
+            "payloads": [orjson.dumps({**payload, **extra}).decode() for _, payload in events],
+        },
     )
-    await session.flush()
     _announce(session, events)
 
 
