@@ -140,6 +140,54 @@ WHERE s.starts_at = :start
 )
 
 
+def _local_iso(instant: str, zone: str) -> str:
+    """SQL rendering an instant as Python's `datetime.isoformat()` does in the zone's offset
+    (`2026-03-29T09:00:00+02:00`; seconds in the offset only when it has some). The colons of
+    the format are escaped: `text()` would read `:MI` as a parameter."""
+    local = f"({instant} AT TIME ZONE {zone})"
+    offset = f"CAST(EXTRACT(EPOCH FROM {local} - ({instant} AT TIME ZONE 'UTC')) AS integer)"
+    return f"""(
+    to_char({local}, 'YYYY-MM-DD"T"HH24\\:MI\\:SS')
+    || CASE WHEN {offset} < 0 THEN '-' ELSE '+' END
+    || lpad(CAST(abs({offset}) / 3600 AS text), 2, '0') || ':'
+    || lpad(CAST(abs({offset}) % 3600 / 60 AS text), 2, '0')
+    || CASE WHEN abs({offset}) % 60 <> 0
+            THEN ':' || lpad(CAST(abs({offset}) % 60 AS text), 2, '0') ELSE '' END
+)"""
+
+
+# The free slots of each provider of `chosen` as the items of a JSON array (without the
+# brackets), ordered by start: the response is assembled from these strings as they are, with
+# no Python object per slot. The strings hold only digits, signs and fixed keys: no escaping.
+_SLOTS_JSON = f"""
+slots_json AS (
+    SELECT f.provider_id,
+           string_agg(
+               '{{"start":"' || {_local_iso("f.starts_at", "c.tz")}
+               || '","end":"' || {_local_iso("f.ends_at", "c.tz")} || '"}}',
+               ',' ORDER BY f.starts_at
+           ) AS slots
+    FROM free f
+    JOIN chosen c ON c.provider_id = f.provider_id
+    GROUP BY f.provider_id
+)
+"""
+
+# One row (zone, slot length, slots as JSON array items or NULL) or none without the provider.
+FREE_SLOTS_JSON_OF_PROVIDER = text(
+    _ONE_PROVIDER
+    + ","
+    + _FREE
+    + ","
+    + _SLOTS_JSON
+    + """
+SELECT c.tz, c.slot_minutes, j.slots
+FROM chosen c
+LEFT JOIN slots_json j ON j.provider_id = c.provider_id
+"""
+)
+
+
 def _search_statement(*, specialty: bool, clinic: bool, after: bool) -> Any:
     filters = ["p.is_active", "u.is_active"]
     if specialty:
@@ -163,12 +211,13 @@ WITH chosen AS MATERIALIZED (
     LIMIT :page_size
 ),
 {_SLOTS},
-{_FREE}
+{_FREE},
+{_SLOTS_JSON}
 SELECT c.provider_id, c.full_name, c.specialty, c.clinic_id, c.clinic_name, c.clinic_timezone,
-       c.tz, c.slot_minutes, f.starts_at, f.ends_at
+       c.tz, c.slot_minutes, j.slots
 FROM chosen c
-LEFT JOIN free f ON f.provider_id = c.provider_id
-ORDER BY c.full_name, c.provider_id, f.starts_at
+LEFT JOIN slots_json j ON j.provider_id = c.provider_id
+ORDER BY c.full_name, c.provider_id
 """
     )
 
@@ -201,6 +250,17 @@ async def free_slots(
     return result.all()
 
 
+async def free_slots_json(
+    session: AsyncSession, provider_id: uuid.UUID, window: Window
+) -> AnyRow | None:
+    """The provider's zone, slot length and free slots as JSON array items (NULL when there
+    are none), or None when there is no such active provider."""
+    result = await session.execute(
+        FREE_SLOTS_JSON_OF_PROVIDER, {**window.params(), "provider_id": provider_id}
+    )
+    return result.one_or_none()
+
+
 async def slot_state(
     session: AsyncSession,
     provider_id: uuid.UUID,
@@ -228,8 +288,8 @@ async def search(
     after: tuple[str, uuid.UUID] | None,
     page_size: int,
 ) -> Sequence[AnyRow]:
-    """Free slots of a page of providers (one row per slot; a provider with none gets one row
-    with NULL times), ordered by provider name, id and start."""
+    """A page of providers, ordered by name and id, each with its free slots as JSON array
+    items (`slots`, NULL when it has none)."""
     statement = _search_statement(
         specialty=specialty is not None, clinic=clinic_id is not None, after=after is not None
     )
