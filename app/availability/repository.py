@@ -43,14 +43,19 @@ grid AS (
         CAST(EXTRACT(EPOCH FROM r.end_time - r.start_time) AS integer) / 60 / c.slot_minutes - 1
     ) AS n
 ),
-readings AS (
-    SELECT g.provider_id, g.tz, g.slot_minutes, g.local_start,
-           g.local_start AT TIME ZONE g.tz AS later,
+-- MATERIALIZED, and `OFFSET 0` below: each wall-clock start is read in its zone once. Inlined,
+-- PostgreSQL evaluates the readings again in every use (a dozen zone conversions per slot).
+readings AS MATERIALIZED (
+    SELECT g.provider_id, g.tz, g.slot_minutes, g.local_start, g.later,
            (g.local_start - (
-               ((g.local_start AT TIME ZONE g.tz) - interval '1 day') AT TIME ZONE g.tz
-             - ((g.local_start AT TIME ZONE g.tz) - interval '1 day') AT TIME ZONE 'UTC'
+               (g.later - interval '1 day') AT TIME ZONE g.tz
+             - (g.later - interval '1 day') AT TIME ZONE 'UTC'
            )) AT TIME ZONE 'UTC' AS earlier
-    FROM grid g
+    FROM (
+        SELECT provider_id, tz, slot_minutes, local_start, local_start AT TIME ZONE tz AS later
+        FROM grid
+        OFFSET 0
+    ) AS g
 ),
 resolved AS (
     SELECT provider_id, slot_minutes,
@@ -140,18 +145,17 @@ WHERE s.starts_at = :start
 )
 
 
-def _local_iso(instant: str, zone: str) -> str:
-    """SQL rendering an instant as Python's `datetime.isoformat()` does in the zone's offset
-    (`2026-03-29T09:00:00+02:00`; seconds in the offset only when it has some). The colons of
-    the format are escaped: `text()` would read `:MI` as a parameter."""
-    local = f"({instant} AT TIME ZONE {zone})"
-    offset = f"CAST(EXTRACT(EPOCH FROM {local} - ({instant} AT TIME ZONE 'UTC')) AS integer)"
+def _local_iso(local: str, offset: str) -> str:
+    """SQL rendering a local timestamp and its offset from UTC (in seconds) as Python's
+    `datetime.isoformat()` does (`2026-03-29T09:00:00+02:00`; seconds in the offset only when
+    it has some). The colons of the format are escaped: `text()` would read `:MI` as a
+    parameter."""
     return f"""(
     to_char({local}, 'YYYY-MM-DD"T"HH24\\:MI\\:SS')
     || CASE WHEN {offset} < 0 THEN '-' ELSE '+' END
     || lpad(CAST(abs({offset}) / 3600 AS text), 2, '0') || ':'
     || lpad(CAST(abs({offset}) % 3600 / 60 AS text), 2, '0')
-    || CASE WHEN abs({offset}) % 60 <> 0
+    || CASE WHEN {offset} % 60 <> 0
             THEN ':' || lpad(CAST(abs({offset}) % 60 AS text), 2, '0') ELSE '' END
 )"""
 
@@ -159,17 +163,34 @@ def _local_iso(instant: str, zone: str) -> str:
 # The free slots of each provider of `chosen` as the items of a JSON array (without the
 # brackets), ordered by start: the response is assembled from these strings as they are, with
 # no Python object per slot. The strings hold only digits, signs and fixed keys: no escaping.
+# Each instant is converted to the provider's zone once (`OFFSET 0` keeps the subquery from
+# being flattened, which would repeat the conversion in every use of its columns).
 _SLOTS_JSON = f"""
+local_slots AS (
+    SELECT provider_id, starts_at, local_start, local_end,
+           CAST(EXTRACT(EPOCH FROM local_start - utc_start) AS integer) AS start_offset,
+           CAST(EXTRACT(EPOCH FROM local_end - utc_end) AS integer) AS end_offset
+    FROM (
+        SELECT f.provider_id, f.starts_at,
+               f.starts_at AT TIME ZONE c.tz AS local_start,
+               f.ends_at AT TIME ZONE c.tz AS local_end,
+               f.starts_at AT TIME ZONE 'UTC' AS utc_start,
+               f.ends_at AT TIME ZONE 'UTC' AS utc_end
+        FROM free f
+        JOIN chosen c ON c.provider_id = f.provider_id
+        OFFSET 0
+    ) AS converted
+    OFFSET 0
+),
 slots_json AS (
-    SELECT f.provider_id,
+    SELECT provider_id,
            string_agg(
-               '{{"start":"' || {_local_iso("f.starts_at", "c.tz")}
-               || '","end":"' || {_local_iso("f.ends_at", "c.tz")} || '"}}',
-               ',' ORDER BY f.starts_at
+               '{{"start":"' || {_local_iso("local_start", "start_offset")}
+               || '","end":"' || {_local_iso("local_end", "end_offset")} || '"}}',
+               ',' ORDER BY starts_at
            ) AS slots
-    FROM free f
-    JOIN chosen c ON c.provider_id = f.provider_id
-    GROUP BY f.provider_id
+    FROM local_slots
+    GROUP BY provider_id
 )
 """
 
