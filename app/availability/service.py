@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.availability import repository
 from app.availability.repository import Window
 from app.availability.schemas import ProviderAvailability, Slot
-from app.kit.cache import Cache, provider_scope, provider_week_scopes
+from app.kit.cache import Cache, provider_day_scopes, provider_scope
 from app.kit.db import AnyRow, Database
 from app.kit.errors import NotFound, RangeTooLarge, ValidationFailed
 from app.kit.http_cache import with_etag
@@ -20,7 +20,7 @@ from app.settings import Settings
 
 MAX_RANGE_DAYS = 30  # `to - from`, so 31 dates
 MAX_SEARCH_DAYS = 7
-# A backstop only: changes bump the provider's or the week's version, and keys change every
+# A backstop only: changes bump the provider's or the date's version, and keys change every
 # minute anyway.
 AVAILABILITY_TTL_SECONDS = 120
 
@@ -83,7 +83,7 @@ async def provider_availability_json(
     to_date: date,
 ) -> bytes:
     """The availability document behind its ETag (`with_etag`), from the cache when the
-    provider's weeks of the range have not changed since."""
+    provider's dates of the range have not changed since."""
     _check_range(from_date, to_date)
     now = rules.now()
 
@@ -101,7 +101,7 @@ async def provider_availability_json(
         f"{from_date}:{to_date}:{now:%Y%m%d%H%M}",
         compute,
         ttl_seconds=AVAILABILITY_TTL_SECONDS,
-        within=provider_week_scopes(provider_id, from_date, to_date),
+        within=provider_day_scopes(provider_id, from_date, to_date),
     )
 
 

@@ -2,10 +2,10 @@
 
 Freshness first: every cached value lives under a key that embeds the *versions* of what it was
 computed from (one per provider, one for the catalogue, and for availability one per provider
-and local week). A change bumps the versions after its transaction commits, so the very next
+and local date). A change bumps the versions after its transaction commits, so the very next
 request, in any process, looks up a key that does not exist yet and recomputes. TTLs are only a
-backstop. A booking bumps only the weeks its dates fall in: the provider's other windows stay
-cached.
+backstop. A booking bumps only the dates it may change: the provider's windows without them
+stay cached.
 
 Speed second: a lookup is one round trip (a Lua script reads the versions and the versioned key
 together); concurrent misses of one key compute once per process (single flight) and, across
@@ -161,22 +161,15 @@ def provider_scope(provider_id: object) -> Scope:
     return Scope(f"provider:{provider_id}")
 
 
-def provider_week_scope(provider_id: object, day: date) -> Scope:
-    """The provider's availability on the local ISO week holding `day` (named by its Monday)."""
-    monday = day - timedelta(days=day.weekday())
-    return Scope(f"provider:{provider_id}:week:{monday.isoformat()}")
+def provider_day_scopes(provider_id: object, first: date, last: date) -> list[Scope]:
+    """The provider's availability on each local date from `first` to `last` inclusive.
 
-
-def provider_week_scopes(provider_id: object, first: date, last: date) -> list[Scope]:
-    """The week scopes of the local dates `first` to `last` inclusive, in order."""
-    monday = first - timedelta(days=first.weekday())
-    scopes = []
-    while monday <= last:
-        scopes.append(Scope(f"provider:{provider_id}:week:{monday.isoformat()}"))
-        if monday > date.max - timedelta(days=7):
-            break
-        monday += timedelta(days=7)
-    return scopes
+    Per date rather than per week: in the mixed load a week-wide version made every booking
+    invalidate a third of the cached 7-day windows of its provider, most of them needlessly."""
+    return [
+        Scope(f"provider:{provider_id}:day:{first + timedelta(days=k)}")
+        for k in range((last - first).days + 1)
+    ]
 
 
 async def get_cache(request: Request) -> Cache:
@@ -228,7 +221,7 @@ class Cache:
         within: Sequence[Scope] = (),
     ) -> bytes:
         """The cached bytes for `key` at the current versions of the scope and of the finer
-        scopes `within` it the value also depends on (weeks), computing them on a miss."""
+        scopes `within` it the value also depends on (dates), computing them on a miss."""
         if len(key) > 64:  # free-text parameters stay out of key names (and their length)
             key = hashlib.sha256(key.encode()).hexdigest()
         prefix, suffix = f"{_PREFIX}:{name}:{scope.name}:", f":{key}"
@@ -396,9 +389,9 @@ class Cache:
                     touched = [provider_scope(provider_id)]
                 else:
                     touched = [
-                        week
+                        day
                         for first, last in dates
-                        for week in provider_week_scopes(provider_id, first, last)
+                        for day in provider_day_scopes(provider_id, first, last)
                     ]
                 scopes.update((scope.version_key, scope) for scope in touched)
             if topic.startswith(CATALOG_TOPICS):
@@ -413,8 +406,8 @@ CacheDep = Annotated["Cache", Depends(get_cache)]
 
 # A slot overlapping a change starts at most this long before it (`slot_minutes` <= 480).
 _LONGEST_SLOT = timedelta(minutes=480)
-# Beyond this many weeks a range bumps the whole provider: one INCR instead of dozens.
-_MAX_WEEKS_PER_CHANGE = 8
+# Beyond this many dates a range bumps the whole provider: one INCR instead of dozens.
+_MAX_DAYS_PER_CHANGE = 31
 # Topics whose `starts_at`/`ends_at` (and `previous_*`) bound the availability they change.
 _DATED_TOPICS = ("appointment.", "time_off.")
 
@@ -446,7 +439,7 @@ def _touched_dates(topic: str, payload: Mapping[str, Any]) -> list[tuple[date, d
                 # starts at most 8 before the change, so a day either side covers every date.
                 first = starts_at.astimezone(UTC).date() - timedelta(days=1)
                 last = ends_at.astimezone(UTC).date() + timedelta(days=1)
-            if last < first or (last - first).days > 7 * _MAX_WEEKS_PER_CHANGE:
+            if last < first or (last - first).days >= _MAX_DAYS_PER_CHANGE:
                 return None
             dates.append((first, last))
     except (KeyError, TypeError, ValueError, OverflowError):
@@ -466,7 +459,7 @@ def _instant(payload: Mapping[str, Any], key: str) -> datetime:
 
 
 # Appointment, schedule and time-off events carry `provider_id` and so bump that provider
-# (availability, profile), or only the weeks they touch; these also change what the catalogue
+# (availability, profile), or only the dates they touch; these also change what the catalogue
 # lists show.
 CATALOG_TOPICS = ("clinic.", "provider.")
 INVALIDATING_TOPICS = ("appointment.", "schedule.", "time_off.", *CATALOG_TOPICS)

@@ -1,4 +1,4 @@
-"""Availability is versioned per provider and local week (issue 13): a change invalidates only
+"""Availability is versioned per provider and local date (issue 13): a change invalidates only
 the cached windows holding a date it touches, and a hit costs one Redis round trip.
 
 The clock minute is part of every availability key, so each test pins `BookingRules.now` to
@@ -75,6 +75,9 @@ async def test_a_booking_invalidates_only_the_windows_holding_its_date(
     reader = await _reader(app, client, provider)
     untouched = {
         "week before": (monday - timedelta(days=7), monday - timedelta(days=1)),
+        # The event names no zone: the UTC date a day either side (Monday to Wednesday) is
+        # bumped, and the rest of the week is not.
+        "later that week": (monday + timedelta(days=3), monday + timedelta(days=6)),
         "week after": (monday + timedelta(days=7), monday + timedelta(days=13)),
     }
     touched = {
@@ -140,7 +143,7 @@ async def test_a_reschedule_invalidates_the_old_and_the_new_dates(
         ("America/Los_Angeles", time(0, 30), 0),
     ],
 )
-async def test_a_booking_across_the_utc_date_line_invalidates_its_local_week(
+async def test_a_booking_across_the_utc_date_line_invalidates_its_local_date(
     app: FastAPI,
     client: httpx.AsyncClient,
     booking: Booking,
@@ -162,7 +165,7 @@ async def test_a_booking_across_the_utc_date_line_invalidates_its_local_week(
     assert local_day != at.date()  # the case is what it claims: another date, another week
     assert (local_day >= monday) == (zone == "Asia/Tokyo")
     reader = await _reader(app, client, provider)
-    local_week = (local_day, local_day)
+    local_week = (local_day, local_day)  # in another ISO week than the UTC date
     far = (monday + timedelta(days=21), monday + timedelta(days=27))
     before_day, before_far = await reader.warm(*local_week), await reader.warm(*far)
     assert starts_local.isoformat() in before_day
@@ -221,9 +224,8 @@ async def test_a_hit_costs_one_redis_round_trip_beyond_the_rate_limiter(
 ) -> None:
     provider = await booking.provider(slot_minutes=60)
     reader = await _reader(app, client, provider)
-    # From a Sunday over 31 dates: the window touches six ISO weeks.
-    sunday = _monday_after(next_local_day(provider.timezone)) - timedelta(days=1)
-    window = (sunday, sunday + timedelta(days=30))
+    first = next_local_day(provider.timezone)
+    window = (first, first + timedelta(days=30))  # the longest window: 31 dates
     await reader.warm(*window)
 
     round_trips.sent.clear()
@@ -234,8 +236,8 @@ async def test_a_hit_costs_one_redis_round_trip_beyond_the_rate_limiter(
     own = [c for c in round_trips.commands() if limiter_sha not in c]
     assert len(round_trips.commands()) - len(own) == 1  # the rate limiter's check
     assert len(own) == 1, own
-    # EVALSHA <sha> <number of keys>: the generation, the provider and its six weeks.
-    assert own[0][:3] == [b"EVALSHA", cache_sha, b"8"]
+    # EVALSHA <sha> <number of keys>: the generation, the provider and its 31 dates.
+    assert own[0][:3] == [b"EVALSHA", cache_sha, b"33"]
 
 
 @pytest.mark.parametrize("with_zone", [False, True], ids=["utc-margin", "provider-zone"])
