@@ -24,7 +24,7 @@ from app.kit.db import Database
 from app.kit.pagination import PageParams, build_page
 from app.kit.schemas import to_local_iso
 from app.models import Role
-from tests.fixtures.app import Accounts
+from tests.fixtures.app import Accounts, count_statements
 from tests.fixtures.booking import Booking, ProviderSetup
 
 # Wall-clock rules crossing the spring-forward gaps and fall-back folds (01:00-03:00) and a
@@ -161,11 +161,13 @@ async def test_search_over_http_is_unchanged(
     await _providers(booking, accounts, specialty)
     await accounts.create(Role.PATIENT)
     day = datetime.now(UTC).date() + timedelta(days=3)
-    response = await booking.client.get(
-        "/v1/availability",
-        params={"date": day.isoformat(), "days": 7, "specialty": specialty, "limit": 3},
-    )
+    with count_statements(database.primary) as log:
+        response = await booking.client.get(
+            "/v1/availability",
+            params={"date": day.isoformat(), "days": 7, "specialty": specialty, "limit": 3},
+        )
     assert response.status_code == 200, response.text
+    assert len(log.statements) == 1  # the page, its providers and their slots in one statement
     assert response.headers["content-type"] == "application/json"
     document = response.json()
     assert [item["provider"]["full_name"] for item in document["items"]] == [
