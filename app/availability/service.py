@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.availability import repository
 from app.availability.repository import Window
 from app.availability.schemas import ProviderAvailability, Slot
-from app.kit.cache import Cache, provider_day_scopes, provider_scope
+from app.kit.cache import Cache, availability_day_scopes, availability_scope
 from app.kit.db import AnyRow, Database
 from app.kit.errors import NotFound, RangeTooLarge, ValidationFailed
 from app.kit.http_cache import with_etag
@@ -97,11 +97,11 @@ async def provider_availability_json(
 
     return await cache.get_or_compute(
         "availability",
-        provider_scope(provider_id),
+        availability_scope(provider_id),
         f"{from_date}:{to_date}:{now:%Y%m%d%H%M}",
         compute,
         ttl_seconds=AVAILABILITY_TTL_SECONDS,
-        within=provider_day_scopes(provider_id, from_date, to_date),
+        within=availability_day_scopes(provider_id, from_date, to_date),
     )
 
 

@@ -161,13 +161,19 @@ def provider_scope(provider_id: object) -> Scope:
     return Scope(f"provider:{provider_id}")
 
 
-def provider_day_scopes(provider_id: object, first: date, last: date) -> list[Scope]:
+def availability_scope(provider_id: object) -> Scope:
+    """All of the provider's availability: bumped by changes that are not bounded by dates
+    (a schedule, an event without a range)."""
+    return Scope(f"availability:{provider_id}")
+
+
+def availability_day_scopes(provider_id: object, first: date, last: date) -> list[Scope]:
     """The provider's availability on each local date from `first` to `last` inclusive.
 
     Per date rather than per week: in the mixed load a week-wide version made every booking
     invalidate a third of the cached 7-day windows of its provider, most of them needlessly."""
     return [
-        Scope(f"provider:{provider_id}:day:{first + timedelta(days=k)}")
+        Scope(f"availability:{provider_id}:day:{first + timedelta(days=k)}")
         for k in range((last - first).days + 1)
     ]
 
@@ -384,15 +390,18 @@ class Cache:
         for topic, payload in events:
             if "provider_id" in payload:
                 provider_id = payload["provider_id"]
+                # The provider's own scope (its profile and the like) follows every event, as
+                # before; availability only the dates an event bounds, when it bounds them.
+                touched = [provider_scope(provider_id)]
                 dates = _touched_dates(topic, payload)
                 if dates is None:
-                    touched = [provider_scope(provider_id)]
+                    touched.append(availability_scope(provider_id))
                 else:
-                    touched = [
+                    touched.extend(
                         day
                         for first, last in dates
-                        for day in provider_day_scopes(provider_id, first, last)
-                    ]
+                        for day in availability_day_scopes(provider_id, first, last)
+                    )
                 scopes.update((scope.version_key, scope) for scope in touched)
             if topic.startswith(CATALOG_TOPICS):
                 scopes[CATALOG.version_key] = CATALOG
@@ -404,8 +413,10 @@ class Cache:
 
 CacheDep = Annotated["Cache", Depends(get_cache)]
 
-# A slot overlapping a change starts at most this long before it (`slot_minutes` <= 480).
-_LONGEST_SLOT = timedelta(minutes=480)
+# A slot overlapping a change starts at most this long before it (`slot_minutes` <= 480), and
+# booking rules' buffers (DESIGN.md: up to 120 minutes) would widen that on both sides.
+_BEFORE = timedelta(minutes=480 + 120)
+_AFTER = timedelta(minutes=120)
 # Beyond this many dates a range bumps the whole provider: one INCR instead of dozens.
 _MAX_DAYS_PER_CHANGE = 31
 # Topics whose `starts_at`/`ends_at` (and `previous_*`) bound the availability they change.
@@ -432,11 +443,11 @@ def _touched_dates(topic: str, payload: Mapping[str, Any]) -> list[tuple[date, d
         dates = []
         for starts_at, ends_at in ranges:
             if zone is not None:
-                first = (starts_at - _LONGEST_SLOT).astimezone(zone).date()
-                last = ends_at.astimezone(zone).date()
+                first = (starts_at - _BEFORE).astimezone(zone).date()
+                last = (ends_at + _AFTER).astimezone(zone).date()
             else:
-                # Without the provider's zone: every UTC offset is within 14 hours and a slot
-                # starts at most 8 before the change, so a day either side covers every date.
+                # Without the provider's zone: every UTC offset is within 14 hours and the
+                # margins are 10 and 2 hours, so a day either side covers every date.
                 first = starts_at.astimezone(UTC).date() - timedelta(days=1)
                 last = ends_at.astimezone(UTC).date() + timedelta(days=1)
             if last < first or (last - first).days >= _MAX_DAYS_PER_CHANGE:
@@ -458,8 +469,8 @@ def _instant(payload: Mapping[str, Any], key: str) -> datetime:
     return value
 
 
-# Appointment, schedule and time-off events carry `provider_id` and so bump that provider
-# (availability, profile), or only the dates they touch; these also change what the catalogue
-# lists show.
+# Appointment, schedule and time-off events carry `provider_id` and so bump that provider (its
+# profile) and its availability, or only the dates they touch; these also change what the
+# catalogue lists show.
 CATALOG_TOPICS = ("clinic.", "provider.")
 INVALIDATING_TOPICS = ("appointment.", "schedule.", "time_off.", *CATALOG_TOPICS)
