@@ -12,7 +12,7 @@ from app.availability.schemas import AvailabilitySearch, ProviderAvailability
 from app.availability.service import BookingRules
 from app.kit.cache import CacheDep
 from app.kit.db import Database, PrimaryReadSession, get_database
-from app.kit.http_cache import PUBLIC_REVALIDATE, conditional_bytes
+from app.kit.http_cache import PUBLIC_REVALIDATE, conditional_with_etag
 from app.kit.pagination import Pagination
 
 router = APIRouter(tags=["availability"])
@@ -37,8 +37,11 @@ async def provider_availability(
     to: Annotated[date, Query(description="Last local date, inclusive")],
 ) -> Response:
     # No session up front: a cache hit needs none.
-    body = await service.provider_availability_json(database, cache, rules, provider_id, from_, to)
-    return conditional_bytes(request, body, cache_control=PUBLIC_REVALIDATE)
+    # A hit is the stored bytes with their ETag as they are: no model, no hashing.
+    stored = await service.provider_availability_json(
+        database, cache, rules, provider_id, from_, to
+    )
+    return conditional_with_etag(request, stored, cache_control=PUBLIC_REVALIDATE)
 
 
 @router.get("/v1/availability", response_model=AvailabilitySearch)
@@ -50,7 +53,8 @@ async def search_availability(
     days: Annotated[int, Query(description="Number of local dates, 1 to 7")] = 1,
     specialty: Annotated[str | None, Query(max_length=200)] = None,
     clinic_id: uuid.UUID | None = None,
-) -> AvailabilitySearch:
-    return await service.search(
+) -> Response:
+    body = await service.search(
         session, rules, page, day=date_, days=days, specialty=specialty, clinic_id=clinic_id
     )
+    return Response(body, media_type="application/json")

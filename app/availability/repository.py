@@ -43,14 +43,19 @@ grid AS (
         CAST(EXTRACT(EPOCH FROM r.end_time - r.start_time) AS integer) / 60 / c.slot_minutes - 1
     ) AS n
 ),
-readings AS (
-    SELECT g.provider_id, g.tz, g.slot_minutes, g.local_start,
-           g.local_start AT TIME ZONE g.tz AS later,
+-- MATERIALIZED, and `OFFSET 0` below: each wall-clock start is read in its zone once. Inlined,
+-- PostgreSQL evaluates the readings again in every use (a dozen zone conversions per slot).
+readings AS MATERIALIZED (
+    SELECT g.provider_id, g.tz, g.slot_minutes, g.local_start, g.later,
            (g.local_start - (
-               ((g.local_start AT TIME ZONE g.tz) - interval '1 day') AT TIME ZONE g.tz
-             - ((g.local_start AT TIME ZONE g.tz) - interval '1 day') AT TIME ZONE 'UTC'
+               (g.later - interval '1 day') AT TIME ZONE g.tz
+             - (g.later - interval '1 day') AT TIME ZONE 'UTC'
            )) AT TIME ZONE 'UTC' AS earlier
-    FROM grid g
+    FROM (
+        SELECT provider_id, tz, slot_minutes, local_start, local_start AT TIME ZONE tz AS later
+        FROM grid
+        OFFSET 0
+    ) AS g
 ),
 resolved AS (
     SELECT provider_id, slot_minutes,
@@ -140,6 +145,70 @@ WHERE s.starts_at = :start
 )
 
 
+def _local_iso(local: str, offset: str) -> str:
+    """SQL rendering a local timestamp and its offset from UTC (in seconds) as Python's
+    `datetime.isoformat()` does (`2026-03-29T09:00:00+02:00`; seconds in the offset only when
+    it has some). The colons of the format are escaped: `text()` would read `:MI` as a
+    parameter."""
+    return f"""(
+    to_char({local}, 'YYYY-MM-DD"T"HH24\\:MI\\:SS')
+    || CASE WHEN {offset} < 0 THEN '-' ELSE '+' END
+    || lpad(CAST(abs({offset}) / 3600 AS text), 2, '0') || ':'
+    || lpad(CAST(abs({offset}) % 3600 / 60 AS text), 2, '0')
+    || CASE WHEN {offset} % 60 <> 0
+            THEN ':' || lpad(CAST(abs({offset}) % 60 AS text), 2, '0') ELSE '' END
+)"""
+
+
+# The free slots of each provider of `chosen` as the items of a JSON array (without the
+# brackets), ordered by start: the response is assembled from these strings as they are, with
+# no Python object per slot. The strings hold only digits, signs and fixed keys: no escaping.
+# Each instant is converted to the provider's zone once (`OFFSET 0` keeps the subquery from
+# being flattened, which would repeat the conversion in every use of its columns).
+_SLOTS_JSON = f"""
+local_slots AS (
+    SELECT provider_id, starts_at, local_start, local_end,
+           CAST(EXTRACT(EPOCH FROM local_start - utc_start) AS integer) AS start_offset,
+           CAST(EXTRACT(EPOCH FROM local_end - utc_end) AS integer) AS end_offset
+    FROM (
+        SELECT f.provider_id, f.starts_at,
+               f.starts_at AT TIME ZONE c.tz AS local_start,
+               f.ends_at AT TIME ZONE c.tz AS local_end,
+               f.starts_at AT TIME ZONE 'UTC' AS utc_start,
+               f.ends_at AT TIME ZONE 'UTC' AS utc_end
+        FROM free f
+        JOIN chosen c ON c.provider_id = f.provider_id
+        OFFSET 0
+    ) AS converted
+    OFFSET 0
+),
+slots_json AS (
+    SELECT provider_id,
+           string_agg(
+               '{{"start":"' || {_local_iso("local_start", "start_offset")}
+               || '","end":"' || {_local_iso("local_end", "end_offset")} || '"}}',
+               ',' ORDER BY starts_at
+           ) AS slots
+    FROM local_slots
+    GROUP BY provider_id
+)
+"""
+
+# One row (zone, slot length, slots as JSON array items or NULL) or none without the provider.
+FREE_SLOTS_JSON_OF_PROVIDER = text(
+    _ONE_PROVIDER
+    + ","
+    + _FREE
+    + ","
+    + _SLOTS_JSON
+    + """
+SELECT c.tz, c.slot_minutes, j.slots
+FROM chosen c
+LEFT JOIN slots_json j ON j.provider_id = c.provider_id
+"""
+)
+
+
 def _search_statement(*, specialty: bool, clinic: bool, after: bool) -> Any:
     filters = ["p.is_active", "u.is_active"]
     if specialty:
@@ -163,12 +232,13 @@ WITH chosen AS MATERIALIZED (
     LIMIT :page_size
 ),
 {_SLOTS},
-{_FREE}
+{_FREE},
+{_SLOTS_JSON}
 SELECT c.provider_id, c.full_name, c.specialty, c.clinic_id, c.clinic_name, c.clinic_timezone,
-       c.tz, c.slot_minutes, f.starts_at, f.ends_at
+       c.tz, c.slot_minutes, j.slots
 FROM chosen c
-LEFT JOIN free f ON f.provider_id = c.provider_id
-ORDER BY c.full_name, c.provider_id, f.starts_at
+LEFT JOIN slots_json j ON j.provider_id = c.provider_id
+ORDER BY c.full_name, c.provider_id
 """
     )
 
@@ -201,6 +271,17 @@ async def free_slots(
     return result.all()
 
 
+async def free_slots_json(
+    session: AsyncSession, provider_id: uuid.UUID, window: Window
+) -> AnyRow | None:
+    """The provider's zone, slot length and free slots as JSON array items (NULL when there
+    are none), or None when there is no such active provider."""
+    result = await session.execute(
+        FREE_SLOTS_JSON_OF_PROVIDER, {**window.params(), "provider_id": provider_id}
+    )
+    return result.one_or_none()
+
+
 async def slot_state(
     session: AsyncSession,
     provider_id: uuid.UUID,
@@ -228,8 +309,8 @@ async def search(
     after: tuple[str, uuid.UUID] | None,
     page_size: int,
 ) -> Sequence[AnyRow]:
-    """Free slots of a page of providers (one row per slot; a provider with none gets one row
-    with NULL times), ordered by provider name, id and start."""
+    """A page of providers, ordered by name and id, each with its free slots as JSON array
+    items (`slots`, NULL when it has none)."""
     statement = _search_statement(
         specialty=specialty is not None, clinic=clinic_id is not None, after=after is not None
     )

@@ -3,25 +3,25 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from itertools import groupby
 
 import orjson
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.availability import repository
 from app.availability.repository import Window
-from app.availability.schemas import AvailabilitySearch, ProviderAvailability, ProviderSlots, Slot
-from app.catalog.schemas import ClinicSummary, ProviderSummary
-from app.kit.cache import Cache, provider_scope
-from app.kit.db import Database
+from app.availability.schemas import ProviderAvailability, Slot
+from app.kit.cache import Cache, availability_day_scopes, availability_scope
+from app.kit.db import AnyRow, Database
 from app.kit.errors import NotFound, RangeTooLarge, ValidationFailed
+from app.kit.http_cache import with_etag
 from app.kit.pagination import PageParams, build_page, decode_cursor, parse_uuid
 from app.kit.schemas import to_local_iso
 from app.settings import Settings
 
 MAX_RANGE_DAYS = 30  # `to - from`, so 31 dates
 MAX_SEARCH_DAYS = 7
-# A backstop only: changes bump the provider's version, and keys change every minute anyway.
+# A backstop only: changes bump the provider's or the date's version, and keys change every
+# minute anyway.
 AVAILABILITY_TTL_SECONDS = 120
 
 
@@ -82,24 +82,54 @@ async def provider_availability_json(
     from_date: date,
     to_date: date,
 ) -> bytes:
-    """The availability document, from the cache when this provider has not changed since."""
+    """The availability document behind its ETag (`with_etag`), from the cache when the
+    provider's dates of the range have not changed since."""
     _check_range(from_date, to_date)
     now = rules.now()
 
     async def compute() -> bytes:
         # Availability reads the primary: a replica's lag would offer a slot just taken.
         async with database.reading(primary=True) as session:
-            result = await provider_availability(
+            body = await provider_availability_body(
                 session, rules, provider_id, from_date, to_date, now
             )
-        return orjson.dumps(result.model_dump(mode="json"))
+        return with_etag(body)
 
     return await cache.get_or_compute(
         "availability",
-        provider_scope(provider_id),
+        availability_scope(provider_id),
         f"{from_date}:{to_date}:{now:%Y%m%d%H%M}",
         compute,
         ttl_seconds=AVAILABILITY_TTL_SECONDS,
+        within=availability_day_scopes(provider_id, from_date, to_date),
+    )
+
+
+def _slots(items: str | None) -> orjson.Fragment:
+    return orjson.Fragment(f"[{items or ''}]")
+
+
+async def provider_availability_body(
+    session: AsyncSession,
+    rules: BookingRules,
+    provider_id: uuid.UUID,
+    from_date: date,
+    to_date: date,
+    now: datetime | None = None,
+) -> bytes:
+    """The JSON of `provider_availability`, byte for byte, with the slots rendered in SQL."""
+    _check_range(from_date, to_date)
+    window = rules.window(from_date, to_date, now)
+    row = await repository.free_slots_json(session, provider_id, window)
+    if row is None:
+        raise NotFound("No such provider.")
+    return orjson.dumps(
+        {
+            "provider_id": str(provider_id),
+            "timezone": row.tz,
+            "slot_minutes": row.slot_minutes,
+            "slots": _slots(row.slots),
+        }
     )
 
 
@@ -137,7 +167,9 @@ async def search(
     days: int,
     specialty: str | None,
     clinic_id: uuid.UUID | None,
-) -> AvailabilitySearch:
+) -> bytes:
+    """The `AvailabilitySearch` JSON of a page, built from one row per provider whose slots
+    come rendered from SQL: no Python object per slot."""
     if days < 1:
         raise ValidationFailed("`days` must be at least 1", loc=("query", "days"))
     if days > MAX_SEARCH_DAYS:
@@ -155,31 +187,24 @@ async def search(
         after=after,
         page_size=params.limit + 1,
     )
-    providers = []
-    for _, provider_rows in groupby(rows, key=lambda r: r.provider_id):
-        group = list(provider_rows)
-        first = group[0]
-        zone = first.tz
-        providers.append(
-            ProviderSlots(
-                provider=ProviderSummary(
-                    id=first.provider_id,
-                    full_name=first.full_name,
-                    specialty=first.specialty,
-                    clinic=ClinicSummary(
-                        id=first.clinic_id, name=first.clinic_name, timezone=first.clinic_timezone
-                    ),
-                ),
-                timezone=zone,
-                slot_minutes=first.slot_minutes,
-                slots=[
-                    Slot(start=to_local_iso(r.starts_at, zone), end=to_local_iso(r.ends_at, zone))
-                    for r in group
-                    if r.starts_at is not None
-                ],
-            )
-        )
-    items, cursor = build_page(
-        providers, params.limit, lambda p: (p.provider.full_name, p.provider.id)
-    )
-    return AvailabilitySearch(items=items, next_cursor=cursor)
+    page, cursor = build_page(rows, params.limit, lambda r: (r.full_name, r.provider_id))
+    return orjson.dumps({"items": [_provider_slots(r) for r in page], "next_cursor": cursor})
+
+
+def _provider_slots(row: AnyRow) -> dict[str, object]:
+    """A `ProviderSlots` item, its keys in the model's order."""
+    return {
+        "provider": {
+            "id": str(row.provider_id),  # asyncpg's UUID type, which orjson does not know
+            "full_name": row.full_name,
+            "specialty": row.specialty,
+            "clinic": {
+                "id": str(row.clinic_id),
+                "name": row.clinic_name,
+                "timezone": row.clinic_timezone,
+            },
+        },
+        "timezone": row.tz,
+        "slot_minutes": row.slot_minutes,
+        "slots": _slots(row.slots),
+    }

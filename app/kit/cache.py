@@ -1,11 +1,13 @@
 """Redis response cache with event-driven invalidation (audit F6).
 
-Freshness first: every cached value lives under a key that embeds a *version* of what it was
-computed from (one per provider, one for the catalogue). A change bumps the version after its
-transaction commits (`bump_after_commit`), so the very next request, in any process, looks up
-a key that does not exist yet and recomputes. TTLs are only a backstop.
+Freshness first: every cached value lives under a key that embeds the *versions* of what it was
+computed from (one per provider, one for the catalogue, and for availability one per provider
+and local date). A change bumps the versions after its transaction commits, so the very next
+request, in any process, looks up a key that does not exist yet and recomputes. TTLs are only a
+backstop. A booking bumps only the dates it may change: the provider's windows without them
+stay cached.
 
-Speed second: a lookup is one round trip (a Lua script reads the version and the versioned key
+Speed second: a lookup is one round trip (a Lua script reads the versions and the versioned key
 together); concurrent misses of one key compute once per process (single flight) and, across
 processes, once per lock holder while the others briefly wait for its result.
 
@@ -21,7 +23,9 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
 from typing import Annotated, Any, TypeVar
+from zoneinfo import ZoneInfo
 
 from fastapi import Depends, Request
 from redis.asyncio import Redis
@@ -51,8 +55,11 @@ return {3}
 """
 _CLAIM_FOUND, _CLAIM_LOCKED, _CLAIM_BUSY = 1, 2, 3
 _LOCK_MILLISECONDS = 5000
+# KEYS: the generation, then every version the value depends on (the scope's first).
 _LOOKUP = """
-local version = (redis.call('GET', KEYS[2]) or '0') .. '.' .. (redis.call('GET', KEYS[1]) or '0')
+local parts = redis.call('MGET', unpack(KEYS))
+for i = 1, #KEYS do parts[i] = parts[i] or '0' end
+local version = table.concat(parts, '.')
 return {version, redis.call('GET', ARGV[1] .. version .. ARGV[2])}
 """
 _LOCK_WAIT_SECONDS = 1.0
@@ -154,6 +161,23 @@ def provider_scope(provider_id: object) -> Scope:
     return Scope(f"provider:{provider_id}")
 
 
+def availability_scope(provider_id: object) -> Scope:
+    """All of the provider's availability: bumped by changes that are not bounded by dates
+    (a schedule, an event without a range)."""
+    return Scope(f"availability:{provider_id}")
+
+
+def availability_day_scopes(provider_id: object, first: date, last: date) -> list[Scope]:
+    """The provider's availability on each local date from `first` to `last` inclusive.
+
+    Per date rather than per week: in the mixed load a week-wide version made every booking
+    invalidate a third of the cached 7-day windows of its provider, most of them needlessly."""
+    return [
+        Scope(f"availability:{provider_id}:day:{first + timedelta(days=k)}")
+        for k in range((last - first).days + 1)
+    ]
+
+
 async def get_cache(request: Request) -> Cache:
     cache: Cache = request.app.state.cache
     return cache
@@ -200,12 +224,15 @@ class Cache:
         compute: Callable[[], Awaitable[bytes]],
         *,
         ttl_seconds: int,
+        within: Sequence[Scope] = (),
     ) -> bytes:
-        """The cached bytes for `key` at the scope's current version, computing them on a miss."""
+        """The cached bytes for `key` at the current versions of the scope and of the finer
+        scopes `within` it the value also depends on (dates), computing them on a miss."""
         if len(key) > 64:  # free-text parameters stay out of key names (and their length)
             key = hashlib.sha256(key.encode()).hexdigest()
         prefix, suffix = f"{_PREFIX}:{name}:{scope.name}:", f":{key}"
-        found = await self._call(lambda: self._lookup_script(scope, prefix, suffix))
+        version_keys = [GENERATION_KEY, scope.version_key, *(s.version_key for s in within)]
+        found = await self._call(lambda: self._lookup_script(version_keys, prefix, suffix))
         if found is not None and found[1] is not None:
             self.stats.hit(name)
             return bytes(found[1])
@@ -216,9 +243,9 @@ class Cache:
             full_key or f"{prefix}?{suffix}", lambda: self._fill(full_key, compute, ttl_seconds)
         )
 
-    async def _lookup_script(self, scope: Scope, prefix: str, suffix: str) -> Any:
+    async def _lookup_script(self, version_keys: list[str], prefix: str, suffix: str) -> Any:
         assert self._lookup is not None
-        return await self._lookup(keys=[scope.version_key, GENERATION_KEY], args=[prefix, suffix])
+        return await self._lookup(keys=version_keys, args=[prefix, suffix])
 
     async def _recover_if_needed(self) -> None:
         if self.circuit.outages != self._outages_seen:
@@ -362,8 +389,20 @@ class Cache:
         scopes: dict[str, Scope] = {}
         for topic, payload in events:
             if "provider_id" in payload:
-                scope = provider_scope(payload["provider_id"])
-                scopes[scope.version_key] = scope
+                provider_id = payload["provider_id"]
+                # The provider's own scope (its profile and the like) follows every event, as
+                # before; availability only the dates an event bounds, when it bounds them.
+                touched = [provider_scope(provider_id)]
+                dates = _touched_dates(topic, payload)
+                if dates is None:
+                    touched.append(availability_scope(provider_id))
+                else:
+                    touched.extend(
+                        day
+                        for first, last in dates
+                        for day in availability_day_scopes(provider_id, first, last)
+                    )
+                scopes.update((scope.version_key, scope) for scope in touched)
             if topic.startswith(CATALOG_TOPICS):
                 scopes[CATALOG.version_key] = CATALOG
         await self.bump(*scopes.values())
@@ -374,7 +413,64 @@ class Cache:
 
 CacheDep = Annotated["Cache", Depends(get_cache)]
 
-# Appointment, schedule and time-off events carry `provider_id` and so bump that provider
-# (availability, profile); these also change what the catalogue lists show.
+# A slot overlapping a change starts at most this long before it (`slot_minutes` <= 480), and
+# booking rules' buffers (DESIGN.md: up to 120 minutes) would widen that on both sides.
+_BEFORE = timedelta(minutes=480 + 120)
+_AFTER = timedelta(minutes=120)
+# Beyond this many dates a range bumps the whole provider: one INCR instead of dozens.
+_MAX_DAYS_PER_CHANGE = 31
+# Topics whose `starts_at`/`ends_at` (and `previous_*`) bound the availability they change.
+_DATED_TOPICS = ("appointment.", "time_off.")
+
+
+def _touched_dates(topic: str, payload: Mapping[str, Any]) -> list[tuple[date, date]] | None:
+    """The local date ranges whose availability an event may change, or None for "all of the
+    provider's" (the event has no usable range, or changes more than dates: a schedule)."""
+    if not topic.startswith(_DATED_TOPICS):
+        return None
+    zone_name = payload.get("timezone")
+    try:
+        zone = ZoneInfo(zone_name) if isinstance(zone_name, str) else None
+        ranges = [_instants(payload, "starts_at", "ends_at")]
+        if "previous_starts_at" in payload or "previous_ends_at" in payload:
+            ranges.append(_instants(payload, "previous_starts_at", "previous_ends_at"))
+        elif "old_starts_at" in payload:
+            # An older payload with the previous start only: appointments last at most a day.
+            old_start = _instant(payload, "old_starts_at")
+            ranges.append((old_start, old_start + timedelta(days=1)))
+        elif topic == "appointment.rescheduled":
+            return None  # where it was is unknown
+        dates = []
+        for starts_at, ends_at in ranges:
+            if zone is not None:
+                first = (starts_at - _BEFORE).astimezone(zone).date()
+                last = (ends_at + _AFTER).astimezone(zone).date()
+            else:
+                # Without the provider's zone: every UTC offset is within 14 hours and the
+                # margins are 10 and 2 hours, so a day either side covers every date.
+                first = starts_at.astimezone(UTC).date() - timedelta(days=1)
+                last = ends_at.astimezone(UTC).date() + timedelta(days=1)
+            if last < first or (last - first).days >= _MAX_DAYS_PER_CHANGE:
+                return None
+            dates.append((first, last))
+    except (KeyError, TypeError, ValueError, OverflowError):
+        return None
+    return dates
+
+
+def _instants(payload: Mapping[str, Any], start: str, end: str) -> tuple[datetime, datetime]:
+    return _instant(payload, start), _instant(payload, end)
+
+
+def _instant(payload: Mapping[str, Any], key: str) -> datetime:
+    value = datetime.fromisoformat(payload[key])
+    if value.tzinfo is None:
+        raise ValueError("an instant without an offset is ambiguous")
+    return value
+
+
+# Appointment, schedule and time-off events carry `provider_id` and so bump that provider (its
+# profile) and its availability, or only the dates they touch; these also change what the
+# catalogue lists show.
 CATALOG_TOPICS = ("clinic.", "provider.")
 INVALIDATING_TOPICS = ("appointment.", "schedule.", "time_off.", *CATALOG_TOPICS)
