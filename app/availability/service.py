@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 
 import orjson
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -20,8 +20,8 @@ from app.settings import Settings
 
 MAX_RANGE_DAYS = 30  # `to - from`, so 31 dates
 MAX_SEARCH_DAYS = 7
-# A backstop only: changes bump the provider's or the date's version, and keys change every
-# minute anyway.
+# A backstop only: changes bump the provider's or the date's version, and the keys of windows
+# the minimum notice or the horizon cuts change every minute anyway.
 AVAILABILITY_TTL_SECONDS = 120
 
 
@@ -45,6 +45,20 @@ class BookingRules:
         current = datetime.now(UTC)
         floor = current.replace(second=0, microsecond=0)
         return floor if floor == current else floor + timedelta(minutes=1)
+
+    def clock_key(self, from_date: date, to_date: date, now: datetime) -> str:
+        """The part of a window's cache key that the clock decides. A window whose every
+        possible slot lies after the minimum notice and before the horizon is the same at any
+        minute, so its key does not roll over with the clock (a cached window of next week stays
+        a hit for its whole TTL); only a window the notice or the horizon cuts keys by minute."""
+        clipped = self.window(from_date, to_date, now)
+        if (clipped.from_date, clipped.to_date) != (from_date, to_date):
+            return f"{now:%Y%m%d%H%M}"  # far outside the bookable window (and safe to add to)
+        opens = datetime.combine(from_date, time(0), UTC) - _DATE_MARGIN
+        closes = datetime.combine(to_date + _ONE_DAY, time(0), UTC) + _DATE_MARGIN
+        if now + self.min_notice <= opens and now + self.horizon >= closes:
+            return "open"
+        return f"{now:%Y%m%d%H%M}"
 
     def window(self, from_date: date, to_date: date, now: datetime | None = None) -> Window:
         now = now or self.now()
@@ -98,7 +112,7 @@ async def provider_availability_json(
     return await cache.get_or_compute(
         "availability",
         availability_scope(provider_id),
-        f"{from_date}:{to_date}:{now:%Y%m%d%H%M}",
+        f"{from_date}:{to_date}:{rules.clock_key(from_date, to_date, now)}",
         compute,
         ttl_seconds=AVAILABILITY_TTL_SECONDS,
         within=availability_day_scopes(provider_id, from_date, to_date),
