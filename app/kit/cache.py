@@ -34,7 +34,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from app.kit.events import Events
 from app.kit.metrics import CACHE_REQUESTS
-from app.kit.redis import PoolExhausted
+from app.kit.redis import PoolExhausted, run_script
 
 logger = logging.getLogger("carebook.cache")
 
@@ -245,7 +245,7 @@ class Cache:
 
     async def _lookup_script(self, version_keys: list[str], prefix: str, suffix: str) -> Any:
         assert self._lookup is not None
-        return await self._lookup(keys=version_keys, args=[prefix, suffix])
+        return await run_script(self._lookup, version_keys, [prefix, suffix])
 
     async def _recover_if_needed(self) -> None:
         if self.circuit.outages != self._outages_seen:
@@ -306,7 +306,7 @@ class Cache:
 
     async def _claim(self, full_key: str, lock_key: str) -> Any:
         assert self._claim_script is not None
-        return await self._claim_script(keys=[full_key, lock_key], args=[_LOCK_MILLISECONDS])
+        return await run_script(self._claim_script, [full_key, lock_key], [_LOCK_MILLISECONDS])
 
     async def _store(self, full_key: str, lock_key: str, value: bytes, ttl_seconds: int) -> None:
         assert self.redis is not None

@@ -12,17 +12,17 @@ import logging
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import Annotated, cast
+from typing import Annotated
 
 from fastapi import Depends, Request
 from redis.asyncio import Redis
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import RedisError
 
 from app.kit.cache import RedisCircuit
 from app.kit.errors import RateLimited
 from app.kit.metrics import RATE_LIMIT_REJECTIONS
+from app.kit.redis import run_script
 from app.settings import Settings
 
 _GCRA = """
@@ -172,17 +172,9 @@ class RateLimiter:
         if self._script is None or self.circuit.is_open:
             return None
         try:
-            try:
-                # EVALSHA straight away: redis-py's Script.__call__ does the same, after an
-                # isinstance check against a typing Protocol that costs more than the call.
-                reply = self._script.registered_client.evalsha(
-                    self._script.sha, 1, key, repr(policy.interval_ms), repr(policy.burst)
-                )
-                allowed, value, reset = await cast("Awaitable[list[int]]", reply)
-            except NoScriptError:  # a restarted or flushed Redis: load the script and run it
-                allowed, value, reset = await self._script(
-                    keys=[key], args=[policy.interval_ms, policy.burst]
-                )
+            allowed, value, reset = await run_script(
+                self._script, [key], [repr(policy.interval_ms), repr(policy.burst)]
+            )
         except (RedisError, OSError, TimeoutError) as exc:
             self.circuit.failed(exc, "rate limiter: redis failed, limiting per process")
             return None

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, cast
 
 from fastapi import Request
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.connection import AbstractConnection
+from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError
 
 from app.kit import telemetry
 from app.settings import Settings
@@ -32,6 +35,18 @@ class WaitingPool(BlockingConnectionPool):
                 raise PoolExhausted("No pooled Redis connection became free in time.") from exc
             raise
         return connection
+
+
+async def run_script(script: AsyncScript, keys: list[Any], args: list[Any]) -> Any:
+    """A registered Lua script, by EVALSHA straight away; loaded and run again only when Redis
+    does not know it (restarted or flushed). redis-py's `AsyncScript.__call__` does the same
+    after an `isinstance` check against a typing Protocol that costs more than the call itself
+    on a cache hit (7 % of a warm availability request's samples)."""
+    try:
+        reply = script.registered_client.evalsha(script.sha, len(keys), *keys, *args)
+        return await cast("Awaitable[Any]", reply)  # the asyncio client's commands are awaitable
+    except NoScriptError:
+        return await script(keys=keys, args=args)
 
 
 def create_redis(url: str, settings: Settings) -> Redis:
