@@ -5,4 +5,5 @@ pytest_plugins = [
     "tests.fixtures.worker",
     "tests.fixtures.observability",
     "tests.fixtures.records",
+    "tests.fixtures.postgres_proxy",
 ]

@@ -9,41 +9,19 @@ one at a time; its second request of a kind reuses the statements the first one 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import date, time
 from typing import Any
 
 import httpx
-import pytest
-from fastapi import FastAPI
 from sqlalchemy import text
 
 from app.kit.db import Database
 from app.models import Role
 from app.settings import Settings
-from tests.fixtures.app import Account, Accounts, client_for, make_settings, running_app
+from tests.fixtures.app import Account, Accounts
 from tests.fixtures.booking import Booking, ProviderSetup, local_instant, next_local_day
-from tests.fixtures.postgres_proxy import PostgresProxy, Traffic, running_postgres_proxy
+from tests.fixtures.postgres_proxy import PostgresProxy, Traffic, proxied_app
 from tests.fixtures.problems import assert_problem
-
-
-@pytest.fixture
-async def proxy(settings: Settings) -> AsyncIterator[PostgresProxy]:
-    assert settings.database_url is not None
-    async with running_postgres_proxy(settings.database_url) as running:
-        yield running
-
-
-@asynccontextmanager
-async def proxied_app(
-    settings: Settings, proxy: PostgresProxy
-) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
-    configured = make_settings(
-        proxy.url, settings.redis_url, cache_enabled=False, db_pool_size=1, db_max_overflow=0
-    )
-    async with running_app(configured) as app, client_for(app) as client:
-        yield app, client
 
 
 def _shape(traffic: Traffic) -> list[str]:

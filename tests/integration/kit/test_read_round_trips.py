@@ -17,38 +17,23 @@ from datetime import time, timedelta
 from typing import Any
 
 import httpx
-import pytest
 from fastapi import FastAPI
 from sqlalchemy import func, select, text
 
 from app.kit.db import Database, ReadSession, WriteSession
 from app.models import Clinic, Role
 from app.settings import Settings
-from tests.fixtures.app import Accounts, client_for, make_settings, running_app
+from tests.fixtures.app import Accounts
 from tests.fixtures.booking import Booking, local_instant, next_local_day
-from tests.fixtures.postgres_proxy import PostgresProxy, Traffic, running_postgres_proxy
+from tests.fixtures.postgres_proxy import PostgresProxy, Traffic, proxied_app
 from tests.fixtures.problems import assert_problem
 
 
-@pytest.fixture
-async def proxy(settings: Settings) -> AsyncIterator[PostgresProxy]:
-    assert settings.database_url is not None
-    async with running_postgres_proxy(settings.database_url) as running:
-        yield running
-
-
 @asynccontextmanager
-async def proxied_app(
+async def probed_app(
     settings: Settings, proxy: PostgresProxy, **overrides: Any
 ) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
-    values: dict[str, Any] = {
-        "cache_enabled": False,
-        "db_pool_size": 1,
-        "db_max_overflow": 0,
-        **overrides,
-    }
-    configured = make_settings(proxy.url, settings.redis_url, **values)
-    async with running_app(configured) as app, client_for(app) as client:
+    async with proxied_app(settings, proxy, **overrides) as (app, client):
         _probe_routes(app)
         yield app, client
 
@@ -93,7 +78,7 @@ async def test_a_cold_availability_a_listing_and_a_profile_send_one_statement_ea
     assert booked.status_code == 201, booked.text
     window = {"from": day.isoformat(), "to": (day + timedelta(days=6)).isoformat()}
 
-    async with proxied_app(settings, proxy) as (_, client):
+    async with probed_app(settings, proxy) as (_, client):
         availability, availability_traffic = await _twice(
             proxy, client, f"/v1/providers/{provider.id}/availability", params=window
         )
@@ -114,7 +99,7 @@ async def test_a_cold_availability_a_listing_and_a_profile_send_one_statement_ea
 async def test_a_write_is_still_one_transaction_without_a_ping(
     settings: Settings, database: Database, proxy: PostgresProxy
 ) -> None:
-    async with proxied_app(settings, proxy) as (_, client):
+    async with probed_app(settings, proxy) as (_, client):
         warm = await client.post("/_probe/write")
         with proxy.recording() as traffic:
             response = await client.post("/_probe/write")
@@ -132,7 +117,7 @@ async def test_a_write_is_still_one_transaction_without_a_ping(
 async def test_a_read_transaction_keeps_its_settings_until_its_rollback(
     settings: Settings, database: Database, proxy: PostgresProxy
 ) -> None:
-    async with proxied_app(settings, proxy) as (app, _):
+    async with probed_app(settings, proxy) as (app, _):
         db: Database = app.state.database
         async with db.reading() as session:  # connects (and introspects) outside the count
             await session.execute(text("SHOW statement_timeout"))
@@ -155,7 +140,7 @@ async def test_a_read_on_a_dead_pooled_connection_is_retried_on_a_fresh_one(
     settings: Settings, database: Database, proxy: PostgresProxy, booking: Booking
 ) -> None:
     provider = await booking.provider()
-    async with proxied_app(settings, proxy) as (_, client):
+    async with probed_app(settings, proxy) as (_, client):
         warm = await client.get(f"/v1/providers/{provider.id}")
         connections = proxy.accepted
         await proxy.cut()  # the pooled connection dies while idle, as in a server restart
@@ -173,7 +158,7 @@ async def test_a_read_on_a_dead_pooled_connection_is_retried_on_a_fresh_one(
 async def test_a_write_whose_first_statement_finds_its_connection_dead_is_retried(
     settings: Settings, database: Database, proxy: PostgresProxy
 ) -> None:
-    async with proxied_app(settings, proxy) as (_, client):
+    async with probed_app(settings, proxy) as (_, client):
         warm = await client.post("/_probe/write")
         await proxy.cut()
         response = await client.post("/_probe/write")
@@ -188,7 +173,7 @@ async def test_a_write_whose_first_statement_finds_its_connection_dead_is_retrie
 async def test_a_read_that_fails_for_another_reason_is_not_retried(
     settings: Settings, database: Database, proxy: PostgresProxy
 ) -> None:
-    async with proxied_app(settings, proxy, db_statement_timeout_ms=300) as (_, client):
+    async with probed_app(settings, proxy, db_statement_timeout_ms=300) as (_, client):
         with proxy.recording() as traffic:
             response = await client.get("/_probe/read-sleep")
 
