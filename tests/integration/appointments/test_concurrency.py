@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections import Counter
 from datetime import time, timedelta
 
@@ -14,30 +13,17 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from app.kit.db import Database
-from app.kit.security import Tokens
 from app.models import Role
 from tests.fixtures.app import Account, Accounts
-from tests.fixtures.booking import Booking, ProviderSetup, local_instant, next_local_day
+from tests.fixtures.booking import (
+    Booking,
+    ProviderSetup,
+    local_instant,
+    many_patients,
+    next_local_day,
+)
 
 CONTENDERS = 60
-
-
-async def _patients(app: FastAPI, count: int) -> list[dict[str, str]]:
-    """Many patients at once: one INSERT and locally issued tokens (no argon2 per patient)."""
-    database: Database = app.state.database
-    tokens: Tokens = app.state.tokens
-    async with database.unit_of_work() as session:
-        rows = await session.execute(
-            text(
-                "INSERT INTO users (id, email, password_hash, full_name, role) "
-                "SELECT gen_random_uuid(), 'racer-' || g || '-' || :tag || '@example.com', "
-                "'not-a-login', 'Racer ' || g, 'patient' FROM generate_series(1, :n) AS g "
-                "RETURNING id"
-            ),
-            {"n": count, "tag": uuid.uuid4().hex[:8]},
-        )
-        ids = [row.id for row in rows]
-    return [{"Authorization": f"Bearer {tokens.issue_access(i, 'patient')}"} for i in ids]
 
 
 async def _count_active(database: Database, provider: ProviderSetup) -> int:
@@ -57,7 +43,7 @@ async def test_many_patients_one_slot_exactly_one_wins(
 ) -> None:
     provider = await booking.provider()
     start = local_instant(next_local_day(provider.timezone), time(11, 0), provider.timezone)
-    patients = await _patients(app, CONTENDERS)
+    patients = await many_patients(app, CONTENDERS)
     body = {"provider_id": str(provider.id), "start": start.isoformat()}
 
     responses = await asyncio.gather(
@@ -82,7 +68,7 @@ async def test_concurrent_reschedules_into_one_slot_one_winner(
 ) -> None:
     provider = await booking.provider(slot_minutes=30)
     day = next_local_day(provider.timezone)
-    patients = await _patients(app, 12)
+    patients = await many_patients(app, 12)
     booked = []
     for n, headers in enumerate(patients):
         start = local_instant(day, time(9, 0), provider.timezone) + timedelta(minutes=30 * n)

@@ -9,7 +9,6 @@ than requests), as in production.
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections import Counter
 from datetime import datetime, time, timedelta
 
@@ -18,32 +17,13 @@ from fastapi import FastAPI
 from sqlalchemy import text
 
 from app.kit.db import Database
-from app.kit.security import Tokens
 from app.models import Role
 from tests.fixtures.app import Accounts
-from tests.fixtures.booking import Booking, local_instant, next_local_day
+from tests.fixtures.booking import Booking, local_instant, many_patients, next_local_day
 from tests.fixtures.problems import assert_problem
 
 PATIENTS = 60
 SLOTS = 3
-
-
-async def _patients(app: FastAPI, count: int) -> list[dict[str, str]]:
-    """Many patients at once: one INSERT and locally issued tokens (no argon2 per patient)."""
-    database: Database = app.state.database
-    tokens: Tokens = app.state.tokens
-    async with database.unit_of_work() as session:
-        rows = await session.execute(
-            text(
-                "INSERT INTO users (id, email, password_hash, full_name, role) "
-                "SELECT gen_random_uuid(), 'burst-' || g || '-' || :tag || '@example.com', "
-                "'not-a-login', 'Burst ' || g, 'patient' FROM generate_series(1, :n) AS g "
-                "RETURNING id"
-            ),
-            {"n": count, "tag": uuid.uuid4().hex[:8]},
-        )
-        ids = [row.id for row in rows]
-    return [{"Authorization": f"Bearer {tokens.issue_access(i, 'patient')}"} for i in ids]
 
 
 async def test_every_patient_on_every_slot_at_once_one_winner_each(
@@ -53,7 +33,7 @@ async def test_every_patient_on_every_slot_at_once_one_winner_each(
     day = next_local_day(provider.timezone)
     # Slots apart from each other, so that one patient may win several of them.
     starts = [local_instant(day, time(10 + 2 * n, 0), provider.timezone) for n in range(SLOTS)]
-    patients = await _patients(app, PATIENTS)
+    patients = await many_patients(app, PATIENTS)
 
     requests = [
         (
