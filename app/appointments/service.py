@@ -181,12 +181,18 @@ async def _lock_provider(
     provider = await repository.lock_provider(session, provider_id, active_only=active_only)
     if provider is None:
         raise NotFound("No such provider.")
+    await _own_clinic_only(session, principal, provider.clinic_id, action)
+    return provider
+
+
+async def _own_clinic_only(
+    session: AsyncSession, principal: Principal, clinic_id: uuid.UUID, action: str
+) -> None:
     if (
         principal.role is Role.STAFF
-        and await auth_service.staff_clinic_id(session, principal) != provider.clinic_id
+        and await auth_service.staff_clinic_id(session, principal) != clinic_id
     ):
         raise Forbidden(f"Staff {action} at their own clinic only.")
-    return provider
 
 
 async def _patient_for(session: AsyncSession, principal: Principal, data: BookIn) -> uuid.UUID:
@@ -231,11 +237,7 @@ async def book(
     locked = await repository.lock_for_booking(session, data.provider_id, patient_id)
     if locked is None:
         raise NotFound("No such provider.")
-    if (
-        principal.role is Role.STAFF
-        and await auth_service.staff_clinic_id(session, principal) != locked.clinic_id
-    ):
-        raise Forbidden("Staff book appointments at their own clinic only.")
+    await _own_clinic_only(session, principal, locked.clinic_id, "book appointments")
     if locked.patient_key is None:
         raise ValidationFailed("patient_id does not name a patient", loc=("body", "patient_id"))
     starts_at, ends_at = await _checked_slot(
