@@ -24,6 +24,7 @@ from sqlalchemy.dialects.postgresql import UUID as PG_UUID
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
+from app.kit import sql
 from app.kit.db import AnyRow, AnySelect
 from app.models import Appointment, AppointmentStatus, Provider, Role, Specialty, User
 
@@ -209,8 +210,9 @@ async def lock_provider(
 # (the slot would then be refused as not bookable, which the checks under the lock say). Served
 # by ix_appointments_provider_id_active and ix_time_off_provider_id_ends_at: a read of an
 # index entry or two, where the full slot check expands the provider's grid for the day.
-_TAKEN_AT = text(
-    """
+_TAKEN_AT = sql.Statement(
+    text(
+        """
     SELECT EXISTS (
         SELECT 1 FROM appointments a
         WHERE a.provider_id = :provider_id
@@ -224,12 +226,14 @@ _TAKEN_AT = text(
           )
     )
     """
+    )
 )
 # The booking's provider lock, with everything the booking and its response need of the
 # provider and the patient in the same round trip. Only the provider's row is locked (`OF p`);
 # the patient is NULL when `patient_id` names no active patient.
-_LOCK_FOR_BOOKING = text(
-    """
+_LOCK_FOR_BOOKING = sql.Statement(
+    text(
+        """
     SELECT p.key AS provider_key, p.clinic_id, p.timezone AS tz,
            pu.full_name AS provider_name, sp.name AS specialty,
            pt.key AS patient_key, pt.full_name AS patient_name
@@ -240,9 +244,11 @@ _LOCK_FOR_BOOKING = text(
     WHERE p.user_id = :provider_id AND p.is_active
     FOR NO KEY UPDATE OF p
     """
+    )
 )
-_INSERT_BOOKING = text(
-    """
+_INSERT_BOOKING = sql.Statement(
+    text(
+        """
     INSERT INTO appointments
         (id, provider_id, provider_key, patient_id, patient_key, clinic_id, starts_at, ends_at)
     VALUES (:id, :provider_id, :provider_key, :patient_id, :patient_key, :clinic_id,
@@ -250,22 +256,23 @@ _INSERT_BOOKING = text(
     RETURNING id, provider_id, patient_id, clinic_id, starts_at, ends_at, status, video_status,
               cancel_reason, created_at, updated_at
     """
+    )
 )
 
 
 async def taken_at(session: AsyncSession, provider_id: uuid.UUID, start: datetime) -> bool:
     """Whether an active appointment of the provider starts at `start` (time off aside)."""
     params = {"provider_id": provider_id, "start": start}
-    return bool(await session.scalar(_TAKEN_AT, params))
+    return bool(await sql.fetchval(session, _TAKEN_AT, params))
 
 
 async def lock_for_booking(
     session: AsyncSession, provider_id: uuid.UUID, patient_id: uuid.UUID
-) -> AnyRow | None:
+) -> Any | None:
     """Lock an active provider's row against concurrent bookings of theirs (as
     `lock_provider`), and read the patient; None when there is no such active provider."""
     params = {"provider_id": provider_id, "patient_id": patient_id}
-    return (await session.execute(_LOCK_FOR_BOOKING, params)).one_or_none()
+    return await sql.fetchrow(session, _LOCK_FOR_BOOKING, params)
 
 
 async def insert_booking(
@@ -279,7 +286,7 @@ async def insert_booking(
     clinic_id: uuid.UUID,
     starts_at: datetime,
     ends_at: datetime,
-) -> AnyRow:
+) -> Any:
     """The new appointment's row as stored (defaults and timestamps filled in)."""
     params = {
         "id": appointment_id,
@@ -291,7 +298,9 @@ async def insert_booking(
         "starts_at": starts_at,
         "ends_at": ends_at,
     }
-    return (await session.execute(_INSERT_BOOKING, params)).one()
+    row = await sql.fetchrow(session, _INSERT_BOOKING, params)
+    assert row is not None  # INSERT ... RETURNING returns the row it inserted or raises
+    return row
 
 
 async def transition(

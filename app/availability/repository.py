@@ -15,6 +15,7 @@ Appointments last at most a day (a CHECK constraint), which bounds the anti-join
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.kit import sql
 from app.kit.db import AnyRow
 
 # Expands the providers of `chosen` (provider_id, tz, slot_minutes, ...) into `slots`.
@@ -132,9 +134,10 @@ ORDER BY f.starts_at
 """
 )
 
-SLOT_STATE = text(
-    _ONE_PROVIDER
-    + f"""
+SLOT_STATE = sql.Statement(
+    text(
+        _ONE_PROVIDER
+        + f"""
 SELECT s.starts_at, s.ends_at,
        ({_BOOKABLE_WINDOW}) AS bookable_time,
        {_OFF} AS time_off,
@@ -142,6 +145,7 @@ SELECT s.starts_at, s.ends_at,
 FROM slots s
 WHERE s.starts_at = :start
 """
+    )
 )
 
 
@@ -195,21 +199,24 @@ slots_json AS (
 """
 
 # One row (zone, slot length, slots as JSON array items or NULL) or none without the provider.
-FREE_SLOTS_JSON_OF_PROVIDER = text(
-    _ONE_PROVIDER
-    + ","
-    + _FREE
-    + ","
-    + _SLOTS_JSON
-    + """
+FREE_SLOTS_JSON_OF_PROVIDER = sql.Statement(
+    text(
+        _ONE_PROVIDER
+        + ","
+        + _FREE
+        + ","
+        + _SLOTS_JSON
+        + """
 SELECT c.tz, c.slot_minutes, j.slots
 FROM chosen c
 LEFT JOIN slots_json j ON j.provider_id = c.provider_id
 """
+    )
 )
 
 
-def _search_statement(*, specialty: bool, clinic: bool, after: bool) -> Any:
+@functools.cache
+def _search_statement(*, specialty: bool, clinic: bool, after: bool) -> sql.Statement:
     filters = ["p.is_active", "u.is_active"]
     if specialty:
         filters.append("lower(sp.name) = lower(:specialty)")
@@ -217,8 +224,9 @@ def _search_statement(*, specialty: bool, clinic: bool, after: bool) -> Any:
         filters.append("p.clinic_id = :clinic_id")
     if after:
         filters.append("(u.full_name, p.user_id) > (:after_name, :after_id)")
-    return text(
-        f"""
+    return sql.Statement(
+        text(
+            f"""
 WITH chosen AS MATERIALIZED (
     SELECT p.user_id AS provider_id, p.timezone AS tz, p.slot_minutes,
            u.full_name, sp.name AS specialty, p.clinic_id, cl.name AS clinic_name,
@@ -240,6 +248,7 @@ FROM chosen c
 LEFT JOIN slots_json j ON j.provider_id = c.provider_id
 ORDER BY c.full_name, c.provider_id
 """
+        )
     )
 
 
@@ -276,10 +285,9 @@ async def free_slots_json(
 ) -> AnyRow | None:
     """The provider's zone, slot length and free slots as JSON array items (NULL when there
     are none), or None when there is no such active provider."""
-    result = await session.execute(
-        FREE_SLOTS_JSON_OF_PROVIDER, {**window.params(), "provider_id": provider_id}
+    return await sql.fetchrow(
+        session, FREE_SLOTS_JSON_OF_PROVIDER, {**window.params(), "provider_id": provider_id}
     )
-    return result.one_or_none()
 
 
 async def slot_state(
@@ -297,7 +305,7 @@ async def slot_state(
         "start": start,
         "ignore_appointment_id": ignore_appointment_id,
     }
-    return (await session.execute(SLOT_STATE, params)).one_or_none()
+    return await sql.fetchrow(session, SLOT_STATE, params)
 
 
 async def search(
@@ -321,4 +329,4 @@ async def search(
         params["clinic_id"] = clinic_id
     if after is not None:
         params["after_name"], params["after_id"] = after
-    return (await session.execute(statement, params)).all()
+    return await sql.fetch(session, statement, params)

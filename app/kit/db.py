@@ -33,7 +33,6 @@ from typing import Annotated, Any, TypeAlias
 
 from fastapi import Depends, Request
 from sqlalchemy import URL, Connection, Row, Select, event, make_url
-from sqlalchemy.engine.interfaces import ExceptionContext
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -44,7 +43,7 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry
 
-from app.kit import telemetry
+from app.kit import sql, telemetry
 from app.kit.errors import AppError
 from app.kit.events import EventBus
 from app.kit.metrics import (
@@ -127,12 +126,14 @@ def _log_slow_statements(engine: AsyncEngine, *, role: str, threshold_ms: int) -
     """Log statements slower than the threshold with their duration and SQL text only: the
     parameters (which may hold personal data) are never logged."""
 
+    # One start per connection, not a stack: its statements run one after another, and a
+    # statement that failed (no `after`) leaves nothing behind that the next would not replace.
     def before(conn: Connection, *args: Any) -> None:
-        conn.info.setdefault(_STARTED, []).append(time.perf_counter())
+        conn.info[_STARTED] = time.perf_counter()
 
     def after(conn: Connection, cursor: Any, statement: str, *args: Any) -> None:
-        started: list[float] = conn.info.get(_STARTED) or [time.perf_counter()]
-        elapsed_ms = (time.perf_counter() - started.pop()) * 1000
+        started: float = conn.info.pop(_STARTED, None) or time.perf_counter()
+        elapsed_ms = (time.perf_counter() - started) * 1000
         if elapsed_ms >= threshold_ms:
             DB_SLOW_STATEMENTS.labels(role).inc()
             slow_logger.warning(
@@ -144,15 +145,8 @@ def _log_slow_statements(engine: AsyncEngine, *, role: str, threshold_ms: int) -
                 },
             )
 
-    def failed(context: ExceptionContext) -> None:
-        if context.connection is not None:
-            started = context.connection.info.get(_STARTED)
-            if started:
-                started.pop()
-
     event.listen(engine.sync_engine, "before_cursor_execute", before)
     event.listen(engine.sync_engine, "after_cursor_execute", after)
-    event.listen(engine.sync_engine, "handle_error", failed)
 
 
 def create_engine(url: str, settings: Settings, *, role: str) -> AsyncEngine:
@@ -188,6 +182,7 @@ def create_engine(url: str, settings: Settings, *, role: str) -> AsyncEngine:
     if settings.slow_statement_ms > 0:
         _log_slow_statements(engine, role=role, threshold_ms=settings.slow_statement_ms)
     telemetry.instrument_engine(engine)
+    sql.register_engine(engine.sync_engine, traced=telemetry.tracing())
     return engine
 
 

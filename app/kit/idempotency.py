@@ -35,6 +35,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.kit import sql
 from app.kit.db import AnyRow, discard_after_commit
 from app.kit.errors import (
     AppError,
@@ -57,8 +58,9 @@ _READ = text(
     """
 )
 # DO UPDATE only over an expired outcome: a live one is left alone and nothing is returned.
-_STORE = text(
-    """
+_STORE = sql.Statement(
+    text(
+        """
     INSERT INTO idempotency_keys
         (user_id, key, method, path, request_hash, status_code, response_body, completed_at)
     VALUES (:user_id, :key, :method, :path, :request_hash, :status_code,
@@ -70,6 +72,7 @@ _STORE = text(
     WHERE idempotency_keys.created_at < :cutoff
     RETURNING true
     """
+    )
 )
 _EXPIRE = text("DELETE FROM idempotency_keys WHERE created_at < :cutoff")
 
@@ -138,7 +141,7 @@ async def run_idempotent(
         "response_body": orjson.dumps(body).decode(),
         "cutoff": cutoff,
     }
-    if await session.scalar(_STORE, params):
+    if await sql.fetchval(session, _STORE, params):
         return JSONResponse(body, status_code=status_code)
     # The key holds a live outcome (committed meanwhile, or before this request started): this
     # statement's snapshot is newer than the conflict, so it sees the row.

@@ -16,7 +16,7 @@ import orjson
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.kit import telemetry
+from app.kit import sql, telemetry
 from app.kit.db import AnyRow, after_commit, event_bus_of
 
 
@@ -45,11 +45,13 @@ async def emit(session: AsyncSession, topic: str, payload: dict[str, Any]) -> No
 
 
 # One statement for any number of events, prepared once per connection (no ORM unit of work).
-_INSERT = text(
-    """
+_INSERT = sql.Statement(
+    text(
+        """
     INSERT INTO outbox (topic, payload)
     SELECT * FROM unnest(CAST(:topics AS text[]), CAST(:payloads AS jsonb[]))
     """
+    )
 )
 
 
@@ -58,12 +60,14 @@ async def emit_many(session: AsyncSession, events: list[tuple[str, dict[str, Any
         return
     # Rows the caller added but did not flush are written first, as when this was an ORM
     # insert: their constraint errors surface before the event is written, not at commit.
-    await session.flush()
+    if session.new or session.dirty or session.deleted:
+        await session.flush()
     # The stored payload also carries the trace of the request that caused the event; what
     # this process's subscribers get is the payload as given.
     traceparent = telemetry.current_traceparent()
     extra = {telemetry.TRACE_KEY: traceparent} if traceparent else {}
-    await session.execute(
+    await sql.fetch(
+        session,
         _INSERT,
         {
             "topics": [topic for topic, _ in events],

@@ -100,6 +100,11 @@ def shutdown() -> None:
     _provider = None
 
 
+def tracing() -> bool:
+    """Whether spans are recorded (then every statement must go through SQLAlchemy)."""
+    return _provider is not None
+
+
 def tracer() -> trace.Tracer:
     if _provider is None:
         return trace.NoOpTracer()
