@@ -117,7 +117,7 @@ def _listing(
     starts_before: bool,
     after: bool,
     descending: bool,
-) -> AnySelect:
+) -> sql.Statement:
     """The listing statement of one shape, built once: every value is a bound parameter, so
     requests reuse the statement and its compiled form instead of rebuilding both."""
     query = (
@@ -138,7 +138,10 @@ def _listing(
         clinic = select(users.clinic_id).where(users.id == user_id).scalar_subquery()
         query = query.where(_a.clinic_id == clinic)
     if statuses:
-        query = query.where(_a.status.in_(bindparam("statuses", expanding=True)))
+        # An array parameter, not an expanding IN: one SQL text whatever the number of statuses,
+        # so the statement is compiled once (kit.sql) and prepared once per connection.
+        # (A typed ARRAY parameter would need SQLAlchemy's bind processing: a CAST in SQL.)
+        query = query.where(text("appointments.status = ANY(CAST(:statuses AS text[]))"))
     if starts_from:
         query = query.where(_a.starts_at >= bindparam("starts_from", type_=_a.starts_at.type))
     if starts_before:
@@ -154,7 +157,7 @@ def _listing(
         query = query.order_by(_a.starts_at.desc(), _a.id.desc())
     else:
         query = query.order_by(_a.starts_at, _a.id)
-    return query.limit(bindparam("limit", type_=Integer))
+    return sql.Statement(query.limit(bindparam("limit", type_=Integer)))
 
 
 async def list_views(
@@ -186,7 +189,7 @@ async def list_views(
         params["starts_before"] = starts_before
     if after is not None:
         params["after_at"], params["after_id"] = after
-    return (await session.execute(query, params)).all()
+    return await sql.fetch(session, query, params)
 
 
 async def lock_provider(

@@ -4,10 +4,11 @@ import uuid
 from collections.abc import Sequence
 from typing import Any, TypeVar
 
-from sqlalchemy import func, select, text, tuple_
+from sqlalchemy import bindparam, func, select, text, tuple_
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.kit import sql
 from app.kit.db import AnyRow
 from app.models import Clinic, Provider, Specialty, User
 
@@ -112,9 +113,13 @@ def _provider_view() -> Any:
     )
 
 
+_PROVIDER_VIEW_BY_ID = sql.Statement(
+    _provider_view().where(Provider.user_id == bindparam("provider_id"))
+)
+
+
 async def get_provider_view(session: AsyncSession, provider_id: uuid.UUID) -> AnyRow | None:
-    result = await session.execute(_provider_view().where(Provider.user_id == provider_id))
-    return result.one_or_none()
+    return await sql.fetchrow(session, _PROVIDER_VIEW_BY_ID, {"provider_id": provider_id})
 
 
 async def list_provider_views(
