@@ -2,8 +2,9 @@
 directly through an asyncpg pool, in the runner's process, without HTTP, FastAPI, SQLAlchemy or
 pydantic.
 
-Same SQL (the availability text and the slot check are imported from
-`app/availability/repository.py`, not copied), same pool size as the API's (`db_pool_size` +
+Same SQL (the availability statement the API runs, `FREE_SLOTS_JSON_OF_PROVIDER` with its slots
+rendered as JSON in SQL, and the slot check, both imported from `app/availability/repository.py`
+as compiled for asyncpg, not copied), same pool size as the API's (`db_pool_size` +
 `db_max_overflow`) and the same per-connection settings (statement and lock timeouts, UTC), so
 the ratio Carebook ÷ raw is what the API's own layers cost. The booking transaction is the
 service's: lock the provider row (`FOR NO KEY UPDATE`), read the patient, check the slot with
@@ -22,11 +23,11 @@ from zoneinfo import ZoneInfo
 import asyncpg  # type: ignore[import-untyped]  # no stubs, no py.typed
 import orjson
 
-from app.availability.repository import SLOT_STATE
+from app.availability.repository import FREE_SLOTS_JSON_OF_PROVIDER, SLOT_STATE
 from app.models.base import new_id
 from app.settings import Settings
 from load.client import Call
-from load.prepare import FREE_SLOTS_PARAMS, FREE_SLOTS_SQL, Booking, bind, positional
+from load.prepare import Booking, bind
 
 _DEFAULTS = Settings.model_fields
 POOL_SIZE = int(_DEFAULTS["db_pool_size"].default) + int(_DEFAULTS["db_max_overflow"].default)
@@ -39,7 +40,7 @@ SERVER_SETTINGS = {
     "timezone": "UTC",
 }
 
-SLOT_STATE_SQL, SLOT_STATE_PARAMS = positional(str(SLOT_STATE))
+SLOT_STATE_SQL, SLOT_STATE_PARAMS = SLOT_STATE.sql, SLOT_STATE.names
 _LOCK_PROVIDER = (
     "SELECT user_id, key, clinic_id, timezone FROM providers "
     "WHERE user_id = $1 AND is_active FOR NO KEY UPDATE"
@@ -77,14 +78,15 @@ class _Pooled:
 
 
 class AvailabilityQuery(_Pooled):
-    """`FREE_SLOTS_OF_PROVIDER` for a list of parameter sets, round-robin."""
+    """`FREE_SLOTS_JSON_OF_PROVIDER` for a list of parameter sets, round-robin."""
 
     def caller(self, params: Sequence[dict[str, Any]]) -> Call:
-        bound = [bind(FREE_SLOTS_PARAMS, p) for p in params]
+        statement = FREE_SLOTS_JSON_OF_PROVIDER
+        bound = [bind(statement.names, p) for p in params]
 
         async def call(number: int) -> int:
-            rows = await self.pool.fetch(FREE_SLOTS_SQL, *bound[number % len(bound)])
-            return 200 if rows else 404  # no row at all: no such provider
+            row = await self.pool.fetchrow(statement.sql, *bound[number % len(bound)])
+            return 200 if row is not None else 404  # no row at all: no such provider
 
         return call
 
