@@ -361,15 +361,41 @@ def database_cpu_ticks(database: str) -> dict[int, int] | None:
     return found
 
 
+def reaped_backend_ticks() -> int | None:
+    """CPU ticks of the PostgreSQL postmaster's exited children (`cutime` + `cstime`), found as
+    the parent of a process titled `postgres: `; None where there is none or no /proc."""
+    try:
+        entries = [entry.name for entry in Path("/proc").iterdir() if entry.name.isdigit()]
+    except OSError:
+        return None
+    for pid in entries:
+        with suppress(OSError, ValueError, IndexError):
+            if not Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"postgres: "):
+                continue
+            parent = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]
+            fields = Path(f"/proc/{parent}/stat").read_text().rsplit(")", 1)[1].split()
+            return int(fields[13]) + int(fields[14])
+    return None
+
+
 def database_cpu_seconds(
-    before: Mapping[int, int] | None, after: Mapping[int, int] | None
+    before: Mapping[int, int] | None,
+    after: Mapping[int, int] | None,
+    reaped_before: int | None = None,
+    reaped_after: int | None = None,
 ) -> float | None:
     """CPU seconds the backends spent between two snapshots: what each live one added, and all
-    of those that started meanwhile (backends that exited in between are lost: pooled
-    connections live through a run)."""
+    of those that started meanwhile. With the postmaster's reaped-children ticks of both
+    snapshots, backends that exited in between count too: SQLAlchemy's pool closes overflow
+    connections it cannot queue and opens new ones under load, and most of a saturated run's
+    statements ran on backends gone by its end (then every exited backend of the server counts,
+    whichever its database: the machine's other work can add to it)."""
     if before is None or after is None:
         return None
     ticks = sum(value - before.get(pid, 0) for pid, value in after.items())
+    if reaped_before is not None and reaped_after is not None:
+        exited_before = sum(value for pid, value in before.items() if pid not in after)
+        ticks += reaped_after - reaped_before - exited_before
     return max(ticks, 0) / os.sysconf("SC_CLK_TCK")
 
 
@@ -714,8 +740,10 @@ async def _run_in_process(
     try:
         plan = config.plan(0, budget=workload.budget, expected=workload.expected_statuses)
         db_before = database_cpu_ticks(database)
+        reaped_before = reaped_backend_ticks()
         result = await run_calls(plan, workload.call)
         db_after = database_cpu_ticks(database)
+        reaped_after = reaped_backend_ticks()
     finally:
         if workload.close is not None:
             await workload.close()
@@ -724,7 +752,7 @@ async def _run_in_process(
         1,
         result,
         None,
-        database_cpu_s=database_cpu_seconds(db_before, db_after),
+        database_cpu_s=database_cpu_seconds(db_before, db_after, reaped_before, reaped_after),
         dataset=dataset.label,
         notes=tuple(workload.notes),
         in_process=True,
@@ -780,6 +808,7 @@ async def _run_served(
             )
         database = prepare.database_name(database_url)
         db_before = database_cpu_ticks(database)
+        reaped_before = reaped_backend_ticks()
         cpu_before = process_cpu_seconds(server.process.pid)
         log_from = server.log_offset()
         minute_before = datetime.now(UTC).replace(second=0, microsecond=0)
@@ -822,6 +851,7 @@ async def _run_served(
         one_minute = datetime.now(UTC).replace(second=0, microsecond=0) == minute_before
         cpu_after = process_cpu_seconds(server.process.pid)
         db_after = database_cpu_ticks(database)
+        reaped_after = reaped_backend_ticks()
         server_cpu = _difference(cpu_before, cpu_after)
         rate = None
         if cache:
@@ -835,7 +865,7 @@ async def _run_served(
         workers,
         result,
         server_cpu,
-        database_cpu_s=database_cpu_seconds(db_before, db_after),
+        database_cpu_s=database_cpu_seconds(db_before, db_after, reaped_before, reaped_after),
         cache_hit_rate=rate,
         priming=priming,
         within_one_minute=one_minute,

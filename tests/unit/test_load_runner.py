@@ -28,6 +28,7 @@ from load.bench import (
     median_run,
     parse_args,
     ratios,
+    reaped_backend_ticks,
     render_comparison,
     render_report,
     results_document,
@@ -239,6 +240,16 @@ def test_database_cpu_counts_live_and_new_backends() -> None:
     assert database_cpu_seconds({1: 10, 2: 5}, {1: 30, 3: 7}) == (20 + 7) / hz
     assert database_cpu_seconds(None, {1: 1}) is None
     assert database_cpu_ticks(f"no_such_database_{uuid.uuid4().hex}") == {}
+
+
+def test_database_cpu_counts_backends_that_exited_through_the_postmaster() -> None:
+    hz = os.sysconf("SC_CLK_TCK")
+    # The postmaster reaped 12 ticks of children meanwhile: backend 2 (5 ticks of them before
+    # the run, counted once) and others that came and went within the run.
+    assert database_cpu_seconds({1: 10, 2: 5}, {1: 30, 3: 7}, 100, 112) == (20 + 7 + 12 - 5) / hz
+    assert database_cpu_seconds({1: 10}, {1: 30}, None, 112) == 20 / hz
+    reaped = reaped_backend_ticks()  # the test database's server runs on this machine
+    assert reaped is None or reaped >= 0
 
 
 def test_server_settings_are_parsed_checked_and_shown() -> None:
