@@ -5,7 +5,7 @@ from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, status
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 
 from app.appointments import service
 from app.appointments.schemas import (
@@ -49,7 +49,7 @@ async def book(
     session: WriteSession,
     rules: Rules,
     limiter: Limiter,
-) -> JSONResponse:
+) -> Response:
     await limiter.enforce(limiter.policies.booking_per_user, str(principal.user_id))
     return await run_idempotent(
         session,
@@ -115,7 +115,7 @@ async def reschedule(
     key: IdempotencyKeyHeader,
     session: WriteSession,
     rules: Rules,
-) -> JSONResponse:
+) -> Response:
     return await run_idempotent(
         session,
         IdempotentCall.of(request, principal.user_id, key, data),

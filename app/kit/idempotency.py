@@ -29,7 +29,7 @@ from typing import Annotated, Any
 
 import orjson
 from fastapi import Depends, Header, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
@@ -119,7 +119,7 @@ async def run_idempotent(
     handler: Callable[[], Awaitable[BaseModel]],
     *,
     status_code: int,
-) -> JSONResponse:
+) -> Response:
     """Run `handler` once per (user, key); replay its stored response on a matching retry."""
     try:
         result = await handler()
@@ -130,7 +130,9 @@ async def run_idempotent(
         if stored is None:
             raise
         return _replay(stored, call)
-    body = result.model_dump(mode="json")
+    # Encoded once, for the record and the response: what JSONResponse would send, byte for
+    # byte (compact, UTF-8), without encoding it a second time with the json module.
+    encoded = orjson.dumps(result.model_dump(mode="json"))
     cutoff = datetime.now(UTC) - KEY_LIFETIME
     params = {
         **call._ids(),
@@ -138,11 +140,11 @@ async def run_idempotent(
         "path": call.path,
         "request_hash": call.request_hash,
         "status_code": status_code,
-        "response_body": orjson.dumps(body).decode(),
+        "response_body": encoded.decode(),
         "cutoff": cutoff,
     }
     if await sql.fetchval(session, _STORE, params):
-        return JSONResponse(body, status_code=status_code)
+        return Response(encoded, status_code=status_code, media_type="application/json")
     # The key holds a live outcome (committed meanwhile, or before this request started): this
     # statement's snapshot is newer than the conflict, so it sees the row.
     stored = await _read(session, call, cutoff)

@@ -159,6 +159,23 @@ def test_expired_token_is_rejected(tokens: Tokens) -> None:
         tokens.decode_access(tokens.issue_access(uuid.uuid4(), "patient", now=issued))
 
 
+def test_a_token_verified_before_is_refused_once_it_has_expired(tokens: Tokens) -> None:
+    token = tokens.issue_access(uuid.uuid4(), "patient")
+    claims = tokens.decode_access(token)
+    assert tokens.decode_access(token) == claims  # the second use, from the verified tokens
+    tokens.clock = lambda: claims.expires_at.timestamp()  # the instant it expires
+    with pytest.raises(InvalidToken):
+        tokens.decode_access(token)
+
+
+def test_a_tampered_copy_of_a_verified_token_is_still_rejected(tokens: Tokens) -> None:
+    token = tokens.issue_access(uuid.uuid4(), "patient")
+    tokens.decode_access(token)
+    header, payload, signature = token.split(".")
+    with pytest.raises(InvalidToken):
+        tokens.decode_access(f"{header}.{payload}.{signature[:-2]}AA")
+
+
 def test_alg_none_is_rejected(tokens: Tokens) -> None:
     token = jwt.encode(valid_claims(), None, algorithm="none")
     with pytest.raises(InvalidToken):
