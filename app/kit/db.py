@@ -156,6 +156,7 @@ def create_engine(url: str, settings: Settings, *, role: str) -> AsyncEngine:
         "lock_timeout": str(settings.db_lock_timeout_ms),
         "idle_in_transaction_session_timeout": "60000",
         "timezone": "UTC",
+        "plan_cache_mode": settings.db_plan_cache_mode,
     }
     parsed = async_url(url)
     # An explicit application_name in the URL (e.g. a replica alias) wins over ours.

@@ -38,6 +38,7 @@ SERVER_SETTINGS = {
     "statement_timeout": str(_DEFAULTS["db_statement_timeout_ms"].default),
     "lock_timeout": str(_DEFAULTS["db_lock_timeout_ms"].default),
     "timezone": "UTC",
+    "plan_cache_mode": str(_DEFAULTS["db_plan_cache_mode"].default),
 }
 
 SLOT_STATE_SQL, SLOT_STATE_PARAMS = SLOT_STATE.sql, SLOT_STATE.names
