@@ -16,6 +16,7 @@ from app.auth.endpoints import router as auth_router
 from app.auth.login_limits import DeviceTokens
 from app.auth.principals import USER_TOPICS, PrincipalCache
 from app.availability.endpoints import router as availability_router
+from app.availability.shortcut import AvailabilityShortcut
 from app.catalog.endpoints import router as catalog_router
 from app.health.endpoints import router as health_router
 from app.integrations.fcm import Fcm
@@ -64,6 +65,8 @@ def _lifespan(settings: Settings) -> Callable[[FastAPI], AbstractAsyncContextMan
         for topic in INVALIDATING_TOPICS:
             events.subscribe(topic, app.state.cache.on_events)
         app.state.database = Database.connect(settings, settings.database_url, events=events)
+        # Cached availability answered before FastAPI's routing (RequestContextMiddleware).
+        app.state.shortcuts = (AvailabilityShortcut(),)
         app.state.principals = PrincipalCache(
             app.state.database.primary, ttl_seconds=settings.principal_cache_seconds
         )

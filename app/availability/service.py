@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.availability import repository
 from app.availability.repository import Window
 from app.availability.schemas import ProviderAvailability, Slot
-from app.kit.cache import Cache, availability_day_scopes, availability_scope
+from app.kit.cache import Cache, Scope, availability_day_scopes, availability_scope
 from app.kit.db import AnyRow, Database
 from app.kit.errors import NotFound, RangeTooLarge, ValidationFailed
 from app.kit.http_cache import with_etag
@@ -23,6 +23,7 @@ MAX_SEARCH_DAYS = 7
 # A backstop only: changes bump the provider's or the date's version, and the keys of windows
 # the minimum notice or the horizon cuts change every minute anyway.
 AVAILABILITY_TTL_SECONDS = 120
+AVAILABILITY_CACHE = "availability"
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,7 @@ async def provider_availability_json(
     provider's dates of the range have not changed since."""
     _check_range(from_date, to_date)
     now = rules.now()
+    scope, key, within = _cache_address(rules, provider_id, from_date, to_date, now)
 
     async def compute() -> bytes:
         # Availability reads the primary: a replica's lag would offer a slot just taken.
@@ -110,12 +112,28 @@ async def provider_availability_json(
         return with_etag(body)
 
     return await cache.get_or_compute(
-        "availability",
+        AVAILABILITY_CACHE, scope, key, compute, ttl_seconds=AVAILABILITY_TTL_SECONDS, within=within
+    )
+
+
+async def cached_availability_json(
+    cache: Cache, rules: BookingRules, provider_id: uuid.UUID, from_date: date, to_date: date
+) -> bytes | None:
+    """What `provider_availability_json` would answer from the cache (None on a miss), computing
+    nothing; raises as it does for a range it refuses."""
+    _check_range(from_date, to_date)
+    scope, key, within = _cache_address(rules, provider_id, from_date, to_date, rules.now())
+    return await cache.lookup(AVAILABILITY_CACHE, scope, key, within=within)
+
+
+def _cache_address(
+    rules: BookingRules, provider_id: uuid.UUID, from_date: date, to_date: date, now: datetime
+) -> tuple[Scope, str, list[Scope]]:
+    """Where a window's document is cached: its scope, key and the date scopes within."""
+    return (
         availability_scope(provider_id),
         f"{from_date}:{to_date}:{rules.clock_key(from_date, to_date, now)}",
-        compute,
-        ttl_seconds=AVAILABILITY_TTL_SECONDS,
-        within=availability_day_scopes(provider_id, from_date, to_date),
+        availability_day_scopes(provider_id, from_date, to_date),
     )
 
 

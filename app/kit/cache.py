@@ -228,10 +228,7 @@ class Cache:
     ) -> bytes:
         """The cached bytes for `key` at the current versions of the scope and of the finer
         scopes `within` it the value also depends on (dates), computing them on a miss."""
-        if len(key) > 64:  # free-text parameters stay out of key names (and their length)
-            key = hashlib.sha256(key.encode()).hexdigest()
-        prefix, suffix = f"{_PREFIX}:{name}:{scope.name}:", f":{key}"
-        version_keys = [GENERATION_KEY, scope.version_key, *(s.version_key for s in within)]
+        version_keys, prefix, suffix = _address(name, scope, key, within)
         found = await self._call(lambda: self._lookup_script(version_keys, prefix, suffix))
         if found is not None and found[1] is not None:
             self.stats.hit(name)
@@ -242,6 +239,19 @@ class Cache:
         return await self._single_flight(
             full_key or f"{prefix}?{suffix}", lambda: self._fill(full_key, compute, ttl_seconds)
         )
+
+    async def lookup(
+        self, name: str, scope: Scope, key: str, *, within: Sequence[Scope] = ()
+    ) -> bytes | None:
+        """The value `get_or_compute` would return from the cache, or None, computing nothing.
+        A hit is counted as one; a miss is not, so that the caller that then computes through
+        `get_or_compute` counts it once."""
+        version_keys, prefix, suffix = _address(name, scope, key, within)
+        found = await self._call(lambda: self._lookup_script(version_keys, prefix, suffix))
+        if found is None or found[1] is None:
+            return None
+        self.stats.hit(name)
+        return bytes(found[1])
 
     async def _lookup_script(self, version_keys: list[str], prefix: str, suffix: str) -> Any:
         assert self._lookup is not None
@@ -412,6 +422,17 @@ class Cache:
 
 
 CacheDep = Annotated["Cache", Depends(get_cache)]
+
+
+def _address(
+    name: str, scope: Scope, key: str, within: Sequence[Scope]
+) -> tuple[list[str], str, str]:
+    """The version keys a value depends on, and its key around the versions' joined values."""
+    if len(key) > 64:  # free-text parameters stay out of key names (and their length)
+        key = hashlib.sha256(key.encode()).hexdigest()
+    version_keys = [GENERATION_KEY, scope.version_key, *(s.version_key for s in within)]
+    return version_keys, f"{_PREFIX}:{name}:{scope.name}:", f":{key}"
+
 
 # A slot overlapping a change starts at most this long before it (`slot_minutes` <= 480), and
 # booking rules' buffers (DESIGN.md: up to 120 minutes) would widen that on both sides.

@@ -42,9 +42,15 @@ def conditional_bytes(
 ) -> Response:
     """Ready JSON bytes (e.g. from the cache) with a strong ETag, or 304. `etag`, when given,
     must be `etag_of(body)` computed earlier (see `with_etag`)."""
+    return _conditional(request.headers.get("if-none-match"), body, cache_control, etag)
+
+
+def _conditional(
+    if_none_match: str | None, body: bytes, cache_control: str, etag: str | None
+) -> Response:
     etag = etag or etag_of(body)
     headers = {"ETag": etag, "Cache-Control": cache_control, "Vary": "Accept-Encoding"}
-    if _matches(request.headers.get("if-none-match"), etag):
+    if _matches(if_none_match, etag):
         return Response(status_code=304, headers=headers)
     return Response(body, media_type="application/json", headers=headers)
 
@@ -56,5 +62,10 @@ def with_etag(body: bytes) -> bytes:
 
 def conditional_with_etag(request: Request, stored: bytes, *, cache_control: str) -> Response:
     """`conditional_bytes` for a value made by `with_etag`."""
+    return conditional_stored(request.headers.get("if-none-match"), stored, cache_control)
+
+
+def conditional_stored(if_none_match: str | None, stored: bytes, cache_control: str) -> Response:
+    """`conditional_with_etag` from the request's `If-None-Match` alone (no Request object)."""
     etag, _, body = stored.partition(b"\n")
-    return conditional_bytes(request, body, cache_control=cache_control, etag=etag.decode())
+    return _conditional(if_none_match, body, cache_control, etag.decode())

@@ -9,8 +9,8 @@ import math
 import re
 import time
 import uuid
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Protocol
 
 from starlette.exceptions import HTTPException
 from starlette.middleware.gzip import GZipResponder, IdentityResponder
@@ -36,6 +36,16 @@ _API_CSP = (b"content-security-policy", b"default-src 'none'; frame-ancestors 'n
 # Probes and scrapers name the pod's address, not the public host, and build no URLs; they
 # are not rate limited either.
 _EXEMPT = ("/health/", "/metrics")
+
+
+class Shortcut(Protocol):
+    """A route answered before FastAPI when it can be: given the request's scope, the response
+    (an ASGI app) FastAPI would give, or None to let the request through to FastAPI. `path` is
+    the route's template, the request's metrics and access log label."""
+
+    path: str
+
+    async def __call__(self, scope: Scope) -> ASGIApp | None: ...
 
 
 class AllowedHosts:
@@ -74,7 +84,11 @@ class RequestContextMiddleware:
 
     It also writes the access log line and the request metrics, both labelled with the matched
     route's template (`/v1/appointments/{appointment_id}`), never the raw path, so ids cannot
-    multiply label values; requests that matched no route share one label."""
+    multiply label values; requests that matched no route share one label.
+
+    Before the application, each request is offered to the app's `state.shortcuts` (cached
+    answers served without FastAPI's routing and dependencies, `app.availability.shortcut`):
+    what one returns is sent through the same compression, headers, metrics and log."""
 
     def __init__(
         self,
@@ -217,14 +231,29 @@ class RequestContextMiddleware:
                 if refusal is not None:
                     await refusal(scope, receive, send_with_id)
                     return
+            target: ASGIApp = self.app
+            if not exempt:
+                state = getattr(scope.get("app"), "state", None)  # None: not under an app
+                shortcuts: Sequence[Shortcut] = getattr(state, "shortcuts", ())
+                for shortcut in shortcuts:
+                    try:
+                        answer = await shortcut(scope)
+                    except Exception:
+                        # A shortcut only saves work: when it fails, FastAPI still answers.
+                        logger.exception("shortcut failed", extra={"route": shortcut.path})
+                        continue
+                    if answer is not None:
+                        scope["route"] = shortcut  # its `path` labels the metrics and the log
+                        target = answer
+                        break
             responder: ASGIApp
             if b"gzip" in headers.get(b"accept-encoding", b""):
                 responder = GZipResponder(
-                    self.app, self.gzip_minimum_size, compresslevel=self.gzip_level
+                    target, self.gzip_minimum_size, compresslevel=self.gzip_level
                 )
             else:
                 # Uncompressed, but large bodies still say `Vary: Accept-Encoding`.
-                responder = IdentityResponder(self.app, self.gzip_minimum_size)
+                responder = IdentityResponder(target, self.gzip_minimum_size)
             await responder(scope, self._bounded(receive, limit), send_with_id)
         except Exception:
             logger.exception("unhandled error", extra={"path": scope.get("path")})
