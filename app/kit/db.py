@@ -157,6 +157,10 @@ def create_engine(url: str, settings: Settings, *, role: str) -> AsyncEngine:
         "idle_in_transaction_session_timeout": "60000",
         "timezone": "UTC",
         "plan_cache_mode": settings.db_plan_cache_mode,
+        # Carebook's statements are short; a generic plan's row estimates (a date series of
+        # unknown length counts as 1,000 rows) can cross jit_above_cost, and compiling then
+        # costs a second where running costs milliseconds.
+        "jit": "off",
     }
     parsed = async_url(url)
     # An explicit application_name in the URL (e.g. a replica alias) wins over ours.

@@ -39,6 +39,7 @@ SERVER_SETTINGS = {
     "lock_timeout": str(_DEFAULTS["db_lock_timeout_ms"].default),
     "timezone": "UTC",
     "plan_cache_mode": str(_DEFAULTS["db_plan_cache_mode"].default),
+    "jit": "off",
 }
 
 SLOT_STATE_SQL, SLOT_STATE_PARAMS = SLOT_STATE.sql, SLOT_STATE.names
