@@ -195,7 +195,12 @@ async def rebuild_extent(session: AsyncSession) -> tuple[date, date] | None:
 
 async def rebuild_chunk(session: AsyncSession, first: date, last: date) -> int:
     """Replace one chunk's rows by a GROUP BY over `appointments`; rows written."""
+    # A month's rows are a scan of much of `appointments`: the one statement that wants the
+    # parallel workers Carebook's connections otherwise go without (PostgreSQL's default, 2).
     await repository.set_local(
-        session, statement_timeout=str(REBUILD_STATEMENT_TIMEOUT_MS), lock_timeout=str(LOCK_WAIT_MS)
+        session,
+        statement_timeout=str(REBUILD_STATEMENT_TIMEOUT_MS),
+        lock_timeout=str(LOCK_WAIT_MS),
+        max_parallel_workers_per_gather="2",
     )
     return await repository.rebuild_range(session, first, last)

@@ -40,6 +40,7 @@ SERVER_SETTINGS = {
     "timezone": "UTC",
     "plan_cache_mode": str(_DEFAULTS["db_plan_cache_mode"].default),
     "jit": "off",
+    "max_parallel_workers_per_gather": "0",
 }
 
 SLOT_STATE_SQL, SLOT_STATE_PARAMS = SLOT_STATE.sql, SLOT_STATE.names
