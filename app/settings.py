@@ -36,7 +36,7 @@ class Settings(BaseSettings):
     # returned to a full queue, and under steady contention (waiters woken but not yet run)
     # that happens to most returns. Each reconnect then costs a connect, a new backend and new
     # plans: at 64 clients on 10 + 5, a cold availability request cost 2.7-6.7 ms of
-    # PostgreSQL CPU; on 15 + 0, 1.1-1.6 ms (docs/benchmarks.md).
+    # PostgreSQL CPU; on 15 + 0, 1.1-1.6 ms (ADR 0012).
     db_pool_size: int = Field(default=15, ge=1, le=200)
     db_max_overflow: int = Field(default=0, ge=0, le=200)
     db_pool_timeout_seconds: float = Field(default=5.0, gt=0)
