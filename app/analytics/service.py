@@ -163,15 +163,12 @@ async def refresh_for_event(session: AsyncSession, payload: dict[str, Any]) -> i
             if at is not None:
                 instants.append((clinic_id, at))
     days = await repository.touched_days(session, [appointment_id], instants)
-    # The planner cannot estimate the per-day index ranges and guesses a cost high enough to
-    # JIT-compile a statement that reads a few hundred rows: 10 ms of JIT for 1 ms of work.
     # Waiting for a rebuild chunk's lock is part of a statement too: the connection's 5 s
     # statement timeout would cut the wait short, so it is raised to cover the lock wait.
     await repository.set_local(
         session,
         lock_timeout=str(LOCK_WAIT_MS),
         statement_timeout=str(LOCK_WAIT_MS + REFRESH_STATEMENT_TIMEOUT_MS),
-        jit="off",
     )
     await repository.refresh_days(session, days)
     return len(days)

@@ -149,8 +149,10 @@ def _log_slow_statements(engine: AsyncEngine, *, role: str, threshold_ms: int) -
     event.listen(engine.sync_engine, "after_cursor_execute", after)
 
 
-def create_engine(url: str, settings: Settings, *, role: str) -> AsyncEngine:
-    server_settings = {
+def connection_settings(settings: Settings, *, role: str) -> dict[str, str]:
+    """The PostgreSQL settings every Carebook connection starts with (the load runner's raw
+    baselines take them too, so that they measure the same server-side work)."""
+    return {
         "application_name": f"{settings.db_application_name}-{role}",
         "statement_timeout": str(settings.db_statement_timeout_ms),
         "lock_timeout": str(settings.db_lock_timeout_ms),
@@ -168,6 +170,10 @@ def create_engine(url: str, settings: Settings, *, role: str) -> AsyncEngine:
         # page instead of 0.6.
         "max_parallel_workers_per_gather": "0",
     }
+
+
+def create_engine(url: str, settings: Settings, *, role: str) -> AsyncEngine:
+    server_settings = connection_settings(settings, role=role)
     parsed = async_url(url)
     # An explicit application_name in the URL (e.g. a replica alias) wins over ours.
     if "application_name" in parsed.query:

@@ -24,6 +24,7 @@ import asyncpg  # type: ignore[import-untyped]  # no stubs, no py.typed
 import orjson
 
 from app.availability.repository import FREE_SLOTS_JSON_OF_PROVIDER, SLOT_STATE
+from app.kit.db import connection_settings
 from app.models.base import new_id
 from app.settings import Settings
 from load.client import Call
@@ -33,15 +34,9 @@ _DEFAULTS = Settings.model_fields
 POOL_SIZE = int(_DEFAULTS["db_pool_size"].default) + int(_DEFAULTS["db_max_overflow"].default)
 MIN_NOTICE = timedelta(minutes=int(_DEFAULTS["min_notice_minutes"].default))
 HORIZON = timedelta(days=int(_DEFAULTS["booking_horizon_days"].default))
-SERVER_SETTINGS = {
-    "application_name": "carebook-load-raw",
-    "statement_timeout": str(_DEFAULTS["db_statement_timeout_ms"].default),
-    "lock_timeout": str(_DEFAULTS["db_lock_timeout_ms"].default),
-    "timezone": "UTC",
-    "plan_cache_mode": str(_DEFAULTS["db_plan_cache_mode"].default),
-    "jit": "off",
-    "max_parallel_workers_per_gather": "0",
-}
+# The API's own connection settings at their defaults (no environment read), under a name of
+# their own in pg_stat_activity.
+SERVER_SETTINGS = connection_settings(Settings.model_construct(), role="load-raw")
 
 SLOT_STATE_SQL, SLOT_STATE_PARAMS = SLOT_STATE.sql, SLOT_STATE.names
 _LOCK_PROVIDER = (
