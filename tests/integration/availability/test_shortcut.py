@@ -63,9 +63,16 @@ def cache_requests(result: str) -> float:
     return REGISTRY.get_sample_value("carebook_cache_requests_total", labels) or 0.0
 
 
+# The per-IP budget left, and the seconds until it is refilled: they change between any two
+# requests (by one, or not at all when a window ends between them), whichever way they went.
+_BUDGET_LEFT = ("x-request-id", "ratelimit-remaining", "ratelimit-reset")
+
+
 def _comparable(response: httpx.Response) -> tuple[int, list[tuple[str, str]], object]:
-    """Everything but the request id (a header, and a member of problem bodies)."""
-    headers = [(k, v) for k, v in response.headers.multi_items() if k != "x-request-id"]
+    """Everything but the request id (a header, and a member of problem bodies) and the rate
+    limit's running count (its headers are there, with the same limit, either way)."""
+    assert {"ratelimit-remaining", "ratelimit-reset"} <= response.headers.keys()
+    headers = [(k, v) for k, v in response.headers.multi_items() if k not in _BUDGET_LEFT]
     body: object = response.content
     if response.content and response.headers.get("content-type") == "application/problem+json":
         problem = response.json()
