@@ -21,7 +21,7 @@ from app.appointments.schemas import (
 )
 from app.auth.dependencies import CurrentPrincipal
 from app.availability.endpoints import Rules
-from app.kit.db import PrimaryReadSession, ReadSession, WriteSession
+from app.kit.db import PrimaryReadConnection, PrimaryReadSession, ReadConnection, WriteSession
 from app.kit.idempotency import IdempotencyKeyHeader, IdempotentCall, run_idempotent
 from app.kit.pagination import Page, Pagination, page_response
 from app.kit.rate_limit import Limiter
@@ -62,8 +62,8 @@ async def book(
 @router.get("/v1/appointments", response_model=Page[AppointmentOut])
 async def list_appointments(
     principal: CurrentPrincipal,
-    primary: PrimaryReadSession,
-    replica: ReadSession,
+    primary: PrimaryReadConnection,
+    replica: ReadConnection,
     page: Pagination,
     status_: Annotated[list[AppointmentStatus] | None, Query(alias="status")] = None,
     from_: Annotated[Instant | None, Query(alias="from", description="Starts at or after")] = None,
@@ -71,7 +71,7 @@ async def list_appointments(
     order: Order = Order.ASC,
 ) -> Response:
     # History tolerates replica lag; anything that may still change reads the primary.
-    # (A session that is never used never takes a connection.)
+    # (A reader that is never used never takes a connection.)
     past_only = to is not None and to <= datetime.now(UTC)
     items, cursor = await service.list_appointments(
         replica if past_only else primary,

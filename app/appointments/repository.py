@@ -161,7 +161,7 @@ def _listing(
 
 
 async def list_views(
-    session: AsyncSession,
+    executor: sql.Executor,
     visibility: Visibility,
     *,
     statuses: Sequence[str],
@@ -189,7 +189,7 @@ async def list_views(
         params["starts_before"] = starts_before
     if after is not None:
         params["after_at"], params["after_id"] = after
-    return await sql.fetch(session, query, params)
+    return await sql.fetch(executor, query, params)
 
 
 async def lock_provider(

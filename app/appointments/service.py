@@ -28,7 +28,7 @@ from app.auth import service as auth_service
 from app.auth.dependencies import Principal
 from app.availability import repository as availability_repository
 from app.availability.service import BookingRules
-from app.kit import audit, outbox
+from app.kit import audit, outbox, sql
 from app.kit.db import AnyRow, violated_constraint
 from app.kit.errors import (
     Forbidden,
@@ -336,7 +336,7 @@ def _listed(row: AnyRow) -> dict[str, Any]:
 
 
 async def list_appointments(
-    session: AsyncSession,
+    executor: sql.Executor,
     principal: Principal,
     params: PageParams,
     *,
@@ -351,7 +351,7 @@ async def list_appointments(
         starts_at, appointment_id = decode_cursor(params.cursor, (parse_datetime, parse_uuid))
         after = (starts_at, appointment_id)
     rows = await repository.list_views(
-        session,
+        executor,
         _visibility(principal),
         statuses=[s.value for s in statuses],
         starts_from=starts_from,

@@ -11,7 +11,7 @@ from app.availability import service
 from app.availability.schemas import AvailabilitySearch, ProviderAvailability
 from app.availability.service import BookingRules
 from app.kit.cache import CacheDep
-from app.kit.db import Database, PrimaryReadSession, get_database
+from app.kit.db import Database, PrimaryReadConnection, get_database
 from app.kit.http_cache import PUBLIC_REVALIDATE, conditional_with_etag
 from app.kit.pagination import Pagination
 
@@ -46,7 +46,7 @@ async def provider_availability(
 
 @router.get("/v1/availability", response_model=AvailabilitySearch)
 async def search_availability(
-    session: PrimaryReadSession,
+    reader: PrimaryReadConnection,
     rules: Rules,
     page: Pagination,
     date_: Annotated[date, Query(alias="date", description="First local date")],
@@ -55,6 +55,6 @@ async def search_availability(
     clinic_id: uuid.UUID | None = None,
 ) -> Response:
     body = await service.search(
-        session, rules, page, day=date_, days=days, specialty=specialty, clinic_id=clinic_id
+        reader, rules, page, day=date_, days=days, specialty=specialty, clinic_id=clinic_id
     )
     return Response(body, media_type="application/json")

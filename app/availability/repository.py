@@ -287,12 +287,12 @@ async def free_slots(
 
 
 async def free_slots_json(
-    session: AsyncSession, provider_id: uuid.UUID, window: Window
+    executor: sql.Executor, provider_id: uuid.UUID, window: Window
 ) -> AnyRow | None:
     """The provider's zone, slot length and free slots as JSON array items (NULL when there
     are none), or None when there is no such active provider."""
     return await sql.fetchrow(
-        session, FREE_SLOTS_JSON_OF_PROVIDER, {**window.params(), "provider_id": provider_id}
+        executor, FREE_SLOTS_JSON_OF_PROVIDER, {**window.params(), "provider_id": provider_id}
     )
 
 
@@ -315,7 +315,7 @@ async def slot_state(
 
 
 async def search(
-    session: AsyncSession,
+    executor: sql.Executor,
     window: Window,
     *,
     specialty: str | None,
@@ -335,4 +335,4 @@ async def search(
         params["clinic_id"] = clinic_id
     if after is not None:
         params["after_name"], params["after_id"] = after
-    return await sql.fetch(session, statement, params)
+    return await sql.fetch(executor, statement, params)

@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.availability import repository
 from app.availability.repository import Window
 from app.availability.schemas import ProviderAvailability, Slot
+from app.kit import sql
 from app.kit.cache import Cache, Scope, availability_day_scopes, availability_scope
 from app.kit.db import AnyRow, Database
 from app.kit.errors import NotFound, RangeTooLarge, ValidationFailed
@@ -105,9 +106,9 @@ async def provider_availability_json(
 
     async def compute() -> bytes:
         # Availability reads the primary: a replica's lag would offer a slot just taken.
-        async with database.reading(primary=True) as session:
+        async with database.reader(primary=True) as reader:
             body = await provider_availability_body(
-                session, rules, provider_id, from_date, to_date, now
+                reader, rules, provider_id, from_date, to_date, now
             )
         return with_etag(body)
 
@@ -142,7 +143,7 @@ def _slots(items: str | None) -> orjson.Fragment:
 
 
 async def provider_availability_body(
-    session: AsyncSession,
+    executor: sql.Executor,
     rules: BookingRules,
     provider_id: uuid.UUID,
     from_date: date,
@@ -152,7 +153,7 @@ async def provider_availability_body(
     """The JSON of `provider_availability`, byte for byte, with the slots rendered in SQL."""
     _check_range(from_date, to_date)
     window = rules.window(from_date, to_date, now)
-    row = await repository.free_slots_json(session, provider_id, window)
+    row = await repository.free_slots_json(executor, provider_id, window)
     if row is None:
         raise NotFound("No such provider.")
     return orjson.dumps(
@@ -191,7 +192,7 @@ async def provider_availability(
 
 
 async def search(
-    session: AsyncSession,
+    executor: sql.Executor,
     rules: BookingRules,
     params: PageParams,
     *,
@@ -211,7 +212,7 @@ async def search(
         name, provider_id = decode_cursor(params.cursor, (str, parse_uuid))
         after = (name, provider_id)
     rows = await repository.search(
-        session,
+        executor,
         # `min`: a start days before the end of the calendar would overflow, and has no slots.
         rules.window(day, min(day, date.max - timedelta(days=days)) + timedelta(days=days - 1)),
         specialty=specialty,

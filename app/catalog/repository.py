@@ -118,8 +118,8 @@ _PROVIDER_VIEW_BY_ID = sql.Statement(
 )
 
 
-async def get_provider_view(session: AsyncSession, provider_id: uuid.UUID) -> AnyRow | None:
-    return await sql.fetchrow(session, _PROVIDER_VIEW_BY_ID, {"provider_id": provider_id})
+async def get_provider_view(executor: sql.Executor, provider_id: uuid.UUID) -> AnyRow | None:
+    return await sql.fetchrow(executor, _PROVIDER_VIEW_BY_ID, {"provider_id": provider_id})
 
 
 async def list_provider_views(

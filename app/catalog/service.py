@@ -21,7 +21,7 @@ from app.catalog.schemas import (
     ProviderSummary,
     SpecialtyOut,
 )
-from app.kit import outbox
+from app.kit import outbox, sql
 from app.kit.cache import Cache, Scope
 from app.kit.db import AnyRow
 from app.kit.errors import Forbidden, NotFound, ValidationFailed
@@ -157,8 +157,8 @@ async def list_providers(
     return [ProviderSummary(**_summary(r)) for r in items], cursor
 
 
-async def get_profile(session: AsyncSession, provider_id: uuid.UUID) -> ProviderProfile:
-    row = await repository.get_provider_view(session, provider_id)
+async def get_profile(executor: sql.Executor, provider_id: uuid.UUID) -> ProviderProfile:
+    row = await repository.get_provider_view(executor, provider_id)
     if row is None:
         raise NotFound("No such provider.")
     return ProviderProfile(

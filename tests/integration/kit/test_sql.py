@@ -1,25 +1,33 @@
 """`kit.sql` statements run on the asyncpg connection under a session, and keep the session's
 guarantees: its transaction (committed or rolled back by the boundary, never by themselves),
-SQLAlchemy's errors, and the engine's cursor events."""
+SQLAlchemy's errors, and the engine's cursor events. A `Reader` runs them without a session,
+on a connection of the same pool, with the same errors and events."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import pytest
 from sqlalchemy import bindparam, func, select, text
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from app.kit import sql
-from app.kit.db import Database, violated_constraint
+from app.kit.db import Database, InstrumentedPool, violated_constraint
 from app.models import Clinic
 from tests.fixtures.app import count_statements
+from tests.fixtures.worker import wait_for
 
 _INSERT_CLINIC = sql.Statement(
     text("INSERT INTO clinics (id, name, timezone) VALUES (:id, :name, 'UTC') RETURNING id, name")
 )
 _COUNT_CLINICS = sql.Statement(text("SELECT count(*) FROM clinics"))
+_BACKEND = sql.Statement(text("SELECT pg_backend_pid() AS pid"))
+_SET_LOCAL = sql.Statement(text("SELECT set_config('carebook.probe', 'set', true)"))
+_LOCAL = sql.Statement(text("SELECT current_setting('carebook.probe', true)"))
+_DIVIDE = sql.Statement(text("SELECT 1 / CAST(:d AS integer)"))
+_SLEEP = sql.Statement(text("SELECT pg_sleep(60)"))
 
 
 async def _clinics(database: Database) -> int:
@@ -89,6 +97,88 @@ async def test_reads_run_in_autocommit_and_the_engines_listeners_see_them(
             assert await sql.fetchrow(session, _COUNT_CLINICS, {}) is not None
 
     assert log.statements == [_COUNT_CLINICS.sql, _COUNT_CLINICS.sql]
+
+
+def _pool(database: Database) -> InstrumentedPool:
+    pool = database.primary.sync_engine.pool
+    assert isinstance(pool, InstrumentedPool)
+    return pool
+
+
+async def test_a_reader_runs_in_autocommit_on_the_pool_and_the_listeners_see_it(
+    database: Database,
+) -> None:
+    async with database.unit_of_work() as session:
+        await sql.fetch(session, _INSERT_CLINIC, {"id": uuid.uuid4(), "name": "committed"})
+    pool = _pool(database)
+
+    with count_statements(database.primary) as log:
+        async with database.reader(primary=True) as reader:
+            assert isinstance(reader, sql.Reader)
+            assert await sql.fetchval(reader, _COUNT_CLINICS, {}) == 1
+            row = await sql.fetchrow(reader, _BACKEND, {})
+            assert pool.checkedout() == 1  # one connection for the reader's statements
+            await sql.fetch(reader, _SET_LOCAL, {})
+            local = await sql.fetchval(reader, _LOCAL, {})
+            again = await sql.fetchrow(reader, _BACKEND, {})
+
+    assert row is not None
+    assert again is not None
+    assert row.pid == again.pid  # the same connection throughout
+    assert not local  # no transaction: a local setting ends with its own statement
+    assert log.statements == [
+        _COUNT_CLINICS.sql,
+        _BACKEND.sql,
+        _SET_LOCAL.sql,
+        _LOCAL.sql,
+        _BACKEND.sql,
+    ]
+    assert pool.checkedout() == 0
+
+
+async def test_a_readers_errors_are_sqlalchemys_and_its_connection_stays_usable(
+    database: Database,
+) -> None:
+    async with database.reader(primary=True) as reader:
+        with pytest.raises(DBAPIError) as raised:  # as a session's statement raises it
+            await sql.fetchval(reader, _DIVIDE, {"d": 0})
+        assert raised.value.orig.sqlstate == "22012"  # type: ignore[union-attr]  # division_by_zero
+        assert not raised.value.connection_invalidated
+        assert await sql.fetchval(reader, _DIVIDE, {"d": 1}) == 1
+
+
+async def _pid_of_sleeper(database: Database) -> int:
+    async with database.reader(primary=True) as reader:
+        pid: int = await sql.fetchval(reader, _BACKEND, {})
+        sleeping = asyncio.create_task(sql.fetch(reader, _SLEEP, {}))
+
+        async def asleep() -> bool:
+            async with database.reading(primary=True) as session:
+                state = await session.scalar(
+                    text("SELECT state FROM pg_stat_activity WHERE pid = :pid"), {"pid": pid}
+                )
+            return bool(state == "active")
+
+        await wait_for(asleep, what="the statement to run")
+        sleeping.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await sleeping
+    return pid
+
+
+async def test_a_reader_cancelled_mid_statement_does_not_return_its_connection(
+    database: Database,
+) -> None:
+    pool = _pool(database)
+    pid = await _pid_of_sleeper(database)
+
+    assert pool.checkedout() == 0
+    async with database.reader(primary=True) as reader:
+        again = await sql.fetchrow(reader, _BACKEND, {})
+    assert again is not None
+    assert again.pid != pid  # the busy connection was dropped, not handed to the next read
+    async with database.reading(primary=True) as session:
+        await session.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
 
 
 def test_a_statement_needing_sqlalchemys_conversions_is_refused_when_it_is_built() -> None:
