@@ -17,7 +17,7 @@ from app.catalog.schemas import (
     ProviderSummary,
     SpecialtyOut,
 )
-from app.kit.cache import CATALOG, CacheDep, provider_scope
+from app.kit.cache import CATALOG, CacheDep, profile_scope
 from app.kit.db import ReadConnection, ReadSession, WriteSession
 from app.kit.http_cache import PUBLIC_SHORT, conditional_bytes
 from app.kit.pagination import Page, PageParams, Pagination
@@ -96,7 +96,7 @@ async def get_provider(
     body = await service.cached_json(
         cache,
         "profile",
-        provider_scope(provider_id),
+        profile_scope(provider_id),
         "profile",
         lambda: service.get_profile(reader, provider_id),
     )

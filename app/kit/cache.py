@@ -62,6 +62,18 @@ for i = 1, #KEYS do parts[i] = parts[i] or '0' end
 local version = table.concat(parts, '.')
 return {version, redis.call('GET', ARGV[1] .. version .. ARGV[2])}
 """
+# KEYS: the versions to bump; ARGV[1]: their lifetime. One command however many scopes a
+# change touches: a pipeline of an INCR and an EXPIRE per scope cost the client five times the
+# CPU of the one script call (a booking touches three or four scopes).
+_BUMP = """
+for i = 1, #KEYS do
+  redis.call('INCR', KEYS[i])
+  redis.call('EXPIRE', KEYS[i], ARGV[1])
+end
+return #KEYS
+"""
+# Versions outlive every value that embeds them (values live minutes).
+_VERSION_TTL_SECONDS = 7 * 24 * 3600
 _LOCK_WAIT_SECONDS = 1.0
 _LOCK_POLL_SECONDS = 0.02
 _BUMP_ATTEMPTS = 3
@@ -161,6 +173,12 @@ def provider_scope(provider_id: object) -> Scope:
     return Scope(f"provider:{provider_id}")
 
 
+def profile_scope(provider_id: object) -> Scope:
+    """A provider's profile: bumped by changes of the provider or of its user account, never
+    by bookings (a profile does not change with them)."""
+    return Scope(f"profile:{provider_id}")
+
+
 def availability_scope(provider_id: object) -> Scope:
     """All of the provider's availability: bumped by changes that are not bounded by dates
     (a schedule, an event without a range)."""
@@ -190,6 +208,7 @@ class Cache:
         self.stats = CacheStats()
         self._lookup = redis.register_script(_LOOKUP) if redis is not None else None
         self._claim_script = redis.register_script(_CLAIM) if redis is not None else None
+        self._bump_script = redis.register_script(_BUMP) if redis is not None else None
         self._in_flight: dict[str, asyncio.Future[bytes]] = {}
         # Set when this process may have missed a version bump (a bump failed, or Redis was
         # unreachable long enough to open the circuit, so other processes may have failed
@@ -327,18 +346,14 @@ class Cache:
 
     async def bump(self, *scopes: Scope) -> None:
         """Move scopes to a new version: every key computed from them is unreachable at once."""
-        if not scopes or self.redis is None:
+        if not scopes or self._bump_script is None:
             return
-        redis = self.redis
+        keys = [scope.version_key for scope in scopes]
+        script = self._bump_script
 
         async def incr() -> None:
             await self._recover_if_needed()
-            async with redis.pipeline(transaction=False) as pipe:
-                for scope in scopes:
-                    pipe.incr(scope.version_key)
-                    # Versions outlive every value that embeds them (values live minutes).
-                    pipe.expire(scope.version_key, 7 * 24 * 3600)
-                await pipe.execute()
+            await run_script(script, keys, [_VERSION_TTL_SECONDS])
 
         # Attempted even with the circuit open: a missed bump is a stale value later, in every
         # process. So a bump is tried again, up to a few times, when it failed for a reason that
@@ -398,11 +413,13 @@ class Cache:
         scope is bumped once however many of the events touch it."""
         scopes: dict[str, Scope] = {}
         for topic, payload in events:
+            touched: list[Scope] = []
             if "provider_id" in payload:
                 provider_id = payload["provider_id"]
-                # The provider's own scope (its profile and the like) follows every event, as
-                # before; availability only the dates an event bounds, when it bounds them.
-                touched = [provider_scope(provider_id)]
+                # The provider's scope follows every event of the provider; availability only
+                # the dates an event bounds, when it bounds them; the profile every event but
+                # the dated ones (bookings, time off), which leave it as it was.
+                touched.append(provider_scope(provider_id))
                 dates = _touched_dates(topic, payload)
                 if dates is None:
                     touched.append(availability_scope(provider_id))
@@ -412,7 +429,12 @@ class Cache:
                         for first, last in dates
                         for day in availability_day_scopes(provider_id, first, last)
                     )
-                scopes.update((scope.version_key, scope) for scope in touched)
+                if not topic.startswith(_DATED_TOPICS):
+                    touched.append(profile_scope(provider_id))
+            elif topic.startswith(_USER_TOPICS) and "user_id" in payload:
+                # A provider's id is its user's: a renamed or removed provider's profile.
+                touched.append(profile_scope(payload["user_id"]))
+            scopes.update((scope.version_key, scope) for scope in touched)
             if topic.startswith(CATALOG_TOPICS):
                 scopes[CATALOG.version_key] = CATALOG
         await self.bump(*scopes.values())
@@ -494,4 +516,5 @@ def _instant(payload: Mapping[str, Any], key: str) -> datetime:
 # profile) and its availability, or only the dates they touch; these also change what the
 # catalogue lists show.
 CATALOG_TOPICS = ("clinic.", "provider.")
-INVALIDATING_TOPICS = ("appointment.", "schedule.", "time_off.", *CATALOG_TOPICS)
+_USER_TOPICS = ("user.",)
+INVALIDATING_TOPICS = ("appointment.", "schedule.", "time_off.", *CATALOG_TOPICS, *_USER_TOPICS)

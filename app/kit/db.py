@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any, TypeAlias
 
 from fastapi import Depends, Request
+from prometheus_client import Gauge
 from sqlalchemy import URL, Connection, Row, Select, event, make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import (
@@ -109,14 +110,21 @@ class InstrumentedPool(AsyncAdaptedQueuePool):
     # What this pool last added to the gauges: several pools share a label in one process
     # (the API's and the in-process worker's primary), so each adds its own share.
     _published: tuple[int, int, int] = (0, 0, 0)
+    # The gauges' children for this pool's label, looked up once: `labels()` on every checkout
+    # and return cost a read request more than its pool did.
+    _children: tuple[Gauge, Gauge, Gauge] | None = None
 
     def _publish(self, *, retract: bool = False) -> None:
-        label = self.logging_name or "primary"
+        children = self._children
+        if children is None:
+            label = self.logging_name or "primary"
+            children = self._children = (
+                DB_POOL_SIZE.labels(label),  # each exists (at 0) from the first checkout on
+                DB_POOL_IN_USE.labels(label),
+                DB_POOL_OVERFLOW.labels(label),
+            )
         now = (0, 0, 0) if retract else (self.size(), self.checkedout(), max(0, self.overflow()))
-        for gauge, new, old in zip(
-            (DB_POOL_SIZE, DB_POOL_IN_USE, DB_POOL_OVERFLOW), now, self._published, strict=True
-        ):
-            child = gauge.labels(label)  # exists (at 0) from the first checkout on
+        for child, new, old in zip(children, now, self._published, strict=True):
             if new != old:
                 child.inc(new - old)
         self._published = now

@@ -240,6 +240,25 @@ async def test_a_hit_costs_one_redis_round_trip_beyond_the_rate_limiter(
     assert own[0][:3] == [b"EVALSHA", cache_sha, b"33"]
 
 
+async def test_a_bookings_invalidation_is_one_redis_command(
+    app: FastAPI, booking: Booking, accounts: Accounts, round_trips: RoundTrips
+) -> None:
+    provider = await booking.provider(slot_minutes=60)
+    patient = await accounts.create(Role.PATIENT)
+    at = local_instant(next_local_day(provider.timezone), time(10, 0), provider.timezone)
+
+    round_trips.sent.clear()
+    assert (await booking.book(patient, provider, at)).status_code == 201
+
+    bump_sha = app.state.cache._bump_script.sha.encode()
+    bumps = [c for c in round_trips.commands() if bump_sha in c]
+    assert len(bumps) == 1, round_trips.commands()
+    # EVALSHA <sha> 4: the provider's scope and the dates a day either side of the booking's
+    # (its event names no zone), all in one call; not the profile, which a booking leaves.
+    assert bumps[0][:3] == [b"EVALSHA", bump_sha, b"4"], bumps
+    assert not [c for c in round_trips.commands() if c[:1] in ([b"INCR"], [b"EXPIRE"])]
+
+
 @pytest.mark.parametrize("with_zone", [False, True], ids=["utc-margin", "provider-zone"])
 async def test_previous_range_of_an_event_is_invalidated_too(
     app: FastAPI, client: httpx.AsyncClient, booking: Booking, with_zone: bool

@@ -15,6 +15,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
+from app.auth import service as auth_service
 from app.kit.cache import Cache
 from app.kit.db import Database
 from app.models import Role
@@ -29,6 +30,7 @@ from tests.fixtures.app import (
 )
 from tests.fixtures.booking import Booking, ProviderSetup, local_instant, next_local_day
 from tests.fixtures.cache import read_until_cached
+from tests.fixtures.problems import assert_problem
 
 
 @pytest.fixture
@@ -171,6 +173,42 @@ async def test_catalogue_and_profile_follow_changes_across_instances(
     assert "Audiology" in specialties
     listed = (await client.get("/v1/providers", params={"q": "new"})).json()["items"]
     assert [p["full_name"] for p in listed] == ["Dr. New"]
+
+
+async def test_a_profile_stays_cached_through_bookings_and_follows_its_account(
+    app: FastAPI,
+    other_app: FastAPI,
+    client: httpx.AsyncClient,
+    booking: Booking,
+    accounts: Accounts,
+) -> None:
+    provider = await booking.provider()
+    patient = await accounts.create(Role.PATIENT)
+    url = f"/v1/providers/{provider.id}"
+    profile = await client.get(url)
+    assert profile.status_code == 200, profile.text
+    async with client_for(other_app) as b:
+        day = next_local_day(provider.timezone)
+        booked = await b.post(
+            "/v1/appointments",
+            json={
+                "provider_id": str(provider.id),
+                "start": local_instant(day, time(9, 0), provider.timezone).isoformat(),
+            },
+            headers={**patient.headers, "Idempotency-Key": "profile-stays-cached"},
+        )
+        assert booked.status_code == 201, booked.text
+
+    database: Database = app.state.database
+    with count_statements(database.primary) as log:
+        again = await client.get(url)
+    assert again.content == profile.content
+    assert log.count == 0  # a booking does not change a profile, so it stays cached
+
+    other: Database = other_app.state.database
+    async with other.unit_of_work() as session:  # `user.changed`, committed through B
+        await auth_service.change_user(session, provider.id, is_active=False)
+    assert_problem(await client.get(url), 404, "not_found")
 
 
 async def test_stampede_of_misses_computes_once(
