@@ -23,7 +23,7 @@ from app.auth.dependencies import CurrentPrincipal
 from app.availability.endpoints import Rules
 from app.kit.db import PrimaryReadConnection, PrimaryReadSession, ReadConnection, WriteSession
 from app.kit.idempotency import IdempotencyKeyHeader, IdempotentCall, run_idempotent
-from app.kit.pagination import Page, Pagination, page_response
+from app.kit.pagination import Page, Pagination, item_response, page_response
 from app.kit.rate_limit import Limiter
 from app.kit.schemas import Instant
 from app.models import AppointmentStatus
@@ -96,9 +96,12 @@ async def get_appointment(
 @router.post("/v1/appointments/{appointment_id}/cancel", response_model=AppointmentOut)
 async def cancel(
     appointment_id: uuid.UUID, data: CancelIn, principal: CurrentPrincipal, session: WriteSession
-) -> AppointmentOut:
-    return await service.change_status(
-        session, principal, appointment_id, AppointmentStatus.CANCELLED, reason=data.reason
+) -> Response:
+    # Built from rows and serialised once; response_model above documents the same shape.
+    return item_response(
+        await service.change_status(
+            session, principal, appointment_id, AppointmentStatus.CANCELLED, reason=data.reason
+        )
     )
 
 
@@ -127,27 +130,29 @@ async def reschedule(
 @router.post("/v1/appointments/{appointment_id}/check-in", response_model=AppointmentOut)
 async def check_in(
     appointment_id: uuid.UUID, principal: CurrentPrincipal, session: WriteSession
-) -> AppointmentOut:
-    return await service.change_status(
-        session, principal, appointment_id, AppointmentStatus.CHECKED_IN
+) -> Response:
+    return item_response(
+        await service.change_status(
+            session, principal, appointment_id, AppointmentStatus.CHECKED_IN
+        )
     )
 
 
 @router.post("/v1/appointments/{appointment_id}/complete", response_model=AppointmentOut)
 async def complete(
     appointment_id: uuid.UUID, principal: CurrentPrincipal, session: WriteSession
-) -> AppointmentOut:
-    return await service.change_status(
-        session, principal, appointment_id, AppointmentStatus.COMPLETED
+) -> Response:
+    return item_response(
+        await service.change_status(session, principal, appointment_id, AppointmentStatus.COMPLETED)
     )
 
 
 @router.post("/v1/appointments/{appointment_id}/no-show", response_model=AppointmentOut)
 async def no_show(
     appointment_id: uuid.UUID, principal: CurrentPrincipal, session: WriteSession
-) -> AppointmentOut:
-    return await service.change_status(
-        session, principal, appointment_id, AppointmentStatus.NO_SHOW
+) -> Response:
+    return item_response(
+        await service.change_status(session, principal, appointment_id, AppointmentStatus.NO_SHOW)
     )
 
 

@@ -108,18 +108,8 @@ LISTED_COLUMNS = (
 )
 
 
-@functools.cache
-def _listing(
-    role: Role,
-    *,
-    statuses: bool,
-    starts_from: bool,
-    starts_before: bool,
-    after: bool,
-    descending: bool,
-) -> sql.Statement:
-    """The listing statement of one shape, built once: every value is a bound parameter, so
-    requests reuse the statement and its compiled form instead of rebuilding both."""
+def _listed_where_visible(role: Role) -> AnySelect:
+    """LISTED_COLUMNS of the appointments a caller of `role` (`user_id`) may see."""
     query = (
         select(*LISTED_COLUMNS)
         .join(_providers, _providers.c.user_id == _a.provider_id)
@@ -137,6 +127,42 @@ def _listing(
         users = User.__table__.c
         clinic = select(users.clinic_id).where(users.id == user_id).scalar_subquery()
         query = query.where(_a.clinic_id == clinic)
+    return query
+
+
+@functools.cache
+def _listed_by_id(role: Role) -> sql.Statement:
+    return sql.Statement(
+        _listed_where_visible(role).where(
+            _a.id == bindparam("appointment_id", type_=PG_UUID(as_uuid=True))
+        )
+    )
+
+
+async def get_listed(
+    executor: sql.Executor, appointment_id: uuid.UUID, visibility: Visibility
+) -> AnyRow | None:
+    """The appointment as a row of LISTED_COLUMNS, if the caller may see it."""
+    return await sql.fetchrow(
+        executor,
+        _listed_by_id(visibility.role),
+        {"appointment_id": appointment_id, "user_id": visibility.user_id},
+    )
+
+
+@functools.cache
+def _listing(
+    role: Role,
+    *,
+    statuses: bool,
+    starts_from: bool,
+    starts_before: bool,
+    after: bool,
+    descending: bool,
+) -> sql.Statement:
+    """The listing statement of one shape, built once: every value is a bound parameter, so
+    requests reuse the statement and its compiled form instead of rebuilding both."""
+    query = _listed_where_visible(role)
     if statuses:
         # An array parameter, not an expanding IN: one SQL text whatever the number of statuses,
         # so the statement is compiled once (kit.sql) and prepared once per connection.
@@ -306,6 +332,22 @@ async def insert_booking(
     return row
 
 
+def _transition_statement(*, cancel: bool) -> sql.Statement:
+    # What _transition_values sets, as one statement built at import.
+    reason = ", cancel_reason = :cancel_reason" if cancel else ""
+    return sql.Statement(
+        text(
+            "UPDATE appointments SET status = :to, version = version + 1, updated_at = now()"
+            f"{reason} WHERE id = :appointment_id AND status = ANY(CAST(:allowed AS text[])) "
+            "RETURNING status, cancel_reason, version, updated_at"
+        )
+    )
+
+
+_TRANSITION = _transition_statement(cancel=False)
+_CANCELLATION = _transition_statement(cancel=True)
+
+
 async def transition(
     session: AsyncSession,
     appointment_id: uuid.UUID,
@@ -315,25 +357,15 @@ async def transition(
     cancel_reason: str | None = None,
 ) -> AnyRow | None:
     """Atomically move an appointment to `to` if it is in one of `allowed_from`."""
-    values = _transition_values(to, cancel_reason)
-    result = await session.execute(
-        update(Appointment)
-        .where(
-            Appointment.id == appointment_id,
-            Appointment.status.in_([s.value for s in allowed_from]),
-        )
-        .values(**values)
-        .returning(
-            Appointment.status,
-            Appointment.cancel_reason,
-            Appointment.version,
-            Appointment.updated_at,
-        )
-        # The caller takes the new values from RETURNING; syncing the identity map would
-        # expire loaded attributes and turn the next read into a (forbidden) lazy load.
-        .execution_options(synchronize_session=False)
-    )
-    return result.one_or_none()
+    params: dict[str, Any] = {
+        "appointment_id": appointment_id,
+        "to": to.value,
+        "allowed": [s.value for s in allowed_from],
+    }
+    if to is AppointmentStatus.CANCELLED:
+        params["cancel_reason"] = cancel_reason
+        return await sql.fetchrow(session, _CANCELLATION, params)
+    return await sql.fetchrow(session, _TRANSITION, params)
 
 
 async def move(

@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, Generic, TypeVar
@@ -105,6 +105,12 @@ def _uuid_text(value: Any) -> str:
     if isinstance(value, uuid.UUID):
         return str(value)
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def item_response(item: Mapping[str, Any]) -> Response:
+    """One item serialised as `page_response` serialises each of a page's."""
+    body = orjson.dumps(item, default=_uuid_text, option=orjson.OPT_UTC_Z)
+    return Response(content=body, media_type="application/json")
 
 
 def page_response(items: Sequence[Any], next_cursor: str | None) -> Response:

@@ -4,7 +4,8 @@ page (the cursors included).
 
 The reference is the single-appointment endpoint, which still goes through `AppointmentOut`
 and FastAPI's own serialisation: a listed item must be byte-for-byte that body, and a page
-byte-for-byte `Page[AppointmentOut]`'s JSON of those items.
+byte-for-byte `Page[AppointmentOut]`'s JSON of those items. A status change (cancel, check-in,
+complete, no-show) answers with an item built the same way.
 """
 
 from __future__ import annotations
@@ -141,6 +142,32 @@ async def test_listed_appointments_are_byte_for_byte_the_pydantic_serialisation(
             at = datetime.fromisoformat(last["start"]).astimezone(UTC)
             assert cursor == encode_cursor((at, uuid.UUID(last["id"])))
         assert seen == [item["id"] for item in expected]
+
+
+async def test_a_changed_appointment_is_byte_for_byte_the_pydantic_serialisation(
+    client: httpx.AsyncClient, booking: Booking, accounts: Accounts
+) -> None:
+    ids, bearer = await _seed(booking, accounts)
+    headers = {"Authorization": bearer}
+    reason = ODD_TEXT.replace("\x01", "").replace("\t", "").replace("\u2028", "")
+    changed = 0
+    for appointment_id in ids:
+        url = f"/v1/appointments/{appointment_id}"
+        if (await client.get(url, headers=headers)).json()["status"] != "booked":
+            continue
+        response = await client.post(f"{url}/cancel", json={"reason": reason}, headers=headers)
+        assert response.status_code == 200, response.text
+        assert response.headers["content-type"] == "application/json"
+        # The single endpoint still goes through AppointmentOut and FastAPI.
+        single = await client.get(url, headers=headers)
+        assert response.content == single.content
+        model = AppointmentOut.model_validate_json(response.content)
+        assert response.content == model.model_dump_json().encode()
+        assert model.cancel_reason == reason
+        changed += 1
+    # Every appointment the seed left booked, in every zone and at every instant.
+    booked = [(i + s) % 3 != 0 for i in range(len(ZONES)) for s in range(len(INSTANTS))]
+    assert changed == sum(booked)
 
 
 async def test_listed_records_are_byte_for_byte_the_pydantic_serialisation(
