@@ -228,7 +228,7 @@ async def _refuse_if_taken(
 
 async def book(
     session: AsyncSession, rules: BookingRules, principal: Principal, data: BookIn
-) -> AppointmentOut:
+) -> dict[str, Any]:
     """Turn a taken slot away at once; else lock the provider, check the slot and write the
     appointment and its event (the caller adds the idempotency record). The exclusion
     constraints have the last word."""
@@ -260,24 +260,28 @@ async def book(
         raise _overlap_error(exc) from exc
     await outbox.emit(session, "appointment.booked", _event(row))
     await _audit(session, principal, "appointment.booked", [row.id])
-    # The response from the rows in hand: the insert's RETURNING and the lock's read.
-    return AppointmentOut(
-        id=row.id,
-        provider_id=row.provider_id,
-        patient_id=row.patient_id,
-        clinic_id=row.clinic_id,
-        start=to_local_iso(row.starts_at, locked.tz),
-        end=to_local_iso(row.ends_at, locked.tz),
-        status=row.status,
-        video_status=row.video_status,
-        cancel_reason=row.cancel_reason,
-        created_at=row.created_at,
-        updated_at=row.updated_at,
-        provider=ProviderRef(
-            id=row.provider_id, full_name=locked.provider_name, specialty=locked.specialty
-        ),
-        patient=PatientRef(id=row.patient_id, full_name=locked.patient_name),
-    )
+    # The response from the rows in hand (the insert's RETURNING and the lock's read), in
+    # AppointmentOut's shape and key order, as `_listed` builds a listed one.
+    zone = ZoneInfo(locked.tz)
+    return {
+        "id": row.id,
+        "provider_id": row.provider_id,
+        "patient_id": row.patient_id,
+        "clinic_id": row.clinic_id,
+        "start": row.starts_at.astimezone(zone).isoformat(),
+        "end": row.ends_at.astimezone(zone).isoformat(),
+        "status": row.status,
+        "video_status": row.video_status,
+        "cancel_reason": row.cancel_reason,
+        "created_at": row.created_at,
+        "updated_at": row.updated_at,
+        "provider": {
+            "id": row.provider_id,
+            "full_name": locked.provider_name,
+            "specialty": locked.specialty,
+        },
+        "patient": {"id": row.patient_id, "full_name": locked.patient_name},
+    }
 
 
 async def visible_row(

@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import re
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
@@ -45,6 +45,7 @@ from app.kit.errors import (
     ValidationFailed,
 )
 from app.kit.metrics import IDEMPOTENT_REPLAYS
+from app.kit.pagination import item_json
 
 KEY_LIFETIME = timedelta(hours=24)
 REPLAY_HEADER = "Idempotent-Replayed"
@@ -116,7 +117,7 @@ class IdempotentCall:
 async def run_idempotent(
     session: AsyncSession,
     call: IdempotentCall,
-    handler: Callable[[], Awaitable[BaseModel]],
+    handler: Callable[[], Awaitable[BaseModel | Mapping[str, Any]]],
     *,
     status_code: int,
 ) -> Response:
@@ -131,8 +132,12 @@ async def run_idempotent(
             raise
         return _replay(stored, call)
     # Encoded once, for the record and the response: what JSONResponse would send, byte for
-    # byte (compact, UTF-8), without encoding it a second time with the json module.
-    encoded = orjson.dumps(result.model_dump(mode="json"))
+    # byte (compact, UTF-8), without encoding it a second time with the json module. A handler
+    # may answer with the model's plain values instead (`item_json`), sparing the model.
+    if isinstance(result, BaseModel):
+        encoded = orjson.dumps(result.model_dump(mode="json"))
+    else:
+        encoded = item_json(result)
     cutoff = datetime.now(UTC) - KEY_LIFETIME
     params = {
         **call._ids(),

@@ -107,10 +107,14 @@ def _uuid_text(value: Any) -> str:
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
+def item_json(item: Mapping[str, Any]) -> bytes:
+    """One item of plain values as `page_response` serialises each of a page's: the bytes
+    FastAPI writes for its model."""
+    return orjson.dumps(item, default=_uuid_text, option=orjson.OPT_UTC_Z)
+
+
 def item_response(item: Mapping[str, Any]) -> Response:
-    """One item serialised as `page_response` serialises each of a page's."""
-    body = orjson.dumps(item, default=_uuid_text, option=orjson.OPT_UTC_Z)
-    return Response(content=body, media_type="application/json")
+    return Response(content=item_json(item), media_type="application/json")
 
 
 def page_response(items: Sequence[Any], next_cursor: str | None) -> Response:

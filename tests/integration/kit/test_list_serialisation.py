@@ -23,7 +23,7 @@ from app.kit.pagination import Page, encode_cursor
 from app.models import Appointment, AppointmentStatus, Provider, Role, User
 from app.records.schemas import RecordWithUrl
 from tests.fixtures.app import Accounts
-from tests.fixtures.booking import Booking
+from tests.fixtures.booking import Booking, next_local_day
 from tests.fixtures.records import CareTeam, add_records
 
 # Zones with DST both ways, half- and quarter-hour offsets, and none at all.
@@ -168,6 +168,33 @@ async def test_a_changed_appointment_is_byte_for_byte_the_pydantic_serialisation
     # Every appointment the seed left booked, in every zone and at every instant.
     booked = [(i + s) % 3 != 0 for i in range(len(ZONES)) for s in range(len(INSTANTS))]
     assert changed == sum(booked)
+
+
+async def test_a_booking_is_byte_for_byte_the_pydantic_serialisation(
+    client: httpx.AsyncClient, booking: Booking, accounts: Accounts
+) -> None:
+    for zone in ZONES:
+        patient = await accounts.create(Role.PATIENT, full_name=ODD_TEXT)
+        provider = await booking.provider(timezone=zone, full_name=f"Dr. {zone} {ODD_TEXT}")
+        day = next_local_day(zone) + timedelta(days=1)
+        slot = (await booking.free_slots(provider, day, day))[0]
+        key = f"bytes-{zone}"
+        booked = await booking.book(
+            patient, provider, datetime.fromisoformat(slot["start"]), key=key
+        )
+        assert booked.status_code == 201, booked.text
+        single = await client.get(
+            f"/v1/appointments/{booked.json()['id']}", headers=patient.headers
+        )
+        assert booked.content == single.content, zone
+        model = AppointmentOut.model_validate_json(booked.content)
+        assert booked.content == model.model_dump_json().encode()
+        replayed = await booking.book(
+            patient, provider, datetime.fromisoformat(slot["start"]), key=key
+        )
+        assert replayed.headers["idempotent-replayed"] == "true"
+        # The same document (stored as jsonb, whose key order is PostgreSQL's own).
+        assert orjson.loads(replayed.content) == orjson.loads(booked.content)
 
 
 async def test_listed_records_are_byte_for_byte_the_pydantic_serialisation(
