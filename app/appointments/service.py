@@ -103,7 +103,9 @@ def _utc_iso(value: datetime) -> str:
 
 def _event(appointment: Appointment | AnyRow, **extra: Any) -> dict[str, Any]:
     """An appointment event's payload; its times let subscribers act on the dates it touches
-    (`extra` overrides them where the event moved the appointment)."""
+    (`extra` overrides them where the event moved the appointment), and its provider's
+    `timezone`, where the caller has it in hand, the local dates those are: without it the
+    cache bumps a day either side of each."""
     return {
         "appointment_id": str(appointment.id),
         "provider_id": str(appointment.provider_id),
@@ -258,7 +260,7 @@ async def book(
     except IntegrityError as exc:
         # The exclusion constraints are the backstop; the lock makes this rare.
         raise _overlap_error(exc) from exc
-    await outbox.emit(session, "appointment.booked", _event(row))
+    await outbox.emit(session, "appointment.booked", _event(row, timezone=locked.tz))
     await _audit(session, principal, "appointment.booked", [row.id])
     # The response from the rows in hand (the insert's RETURNING and the lock's read), in
     # AppointmentOut's shape and key order, as `_listed` builds a listed one.
@@ -392,7 +394,9 @@ async def change_status(
     await outbox.emit(
         session,
         TOPICS[to],
-        _event(row, status=to.value, by=str(principal.user_id), reason=reason),
+        _event(
+            row, status=to.value, by=str(principal.user_id), reason=reason, timezone=row.timezone
+        ),
     )
     await _audit(session, principal, TOPICS[to], [appointment_id], _why(reason))
     item = _listed(row)
@@ -442,6 +446,7 @@ async def reschedule(
             ends_at=_utc_iso(ends_at),
             previous_starts_at=_utc_iso(old_start),
             previous_ends_at=_utc_iso(appointment.ends_at),
+            timezone=provider.timezone,
         ),
     )
     await _audit(

@@ -253,9 +253,9 @@ async def test_a_bookings_invalidation_is_one_redis_command(
     bump_sha = app.state.cache._bump_script.sha.encode()
     bumps = [c for c in round_trips.commands() if bump_sha in c]
     assert len(bumps) == 1, round_trips.commands()
-    # EVALSHA <sha> 4: the provider's scope and the dates a day either side of the booking's
-    # (its event names no zone), all in one call; not the profile, which a booking leaves.
-    assert bumps[0][:3] == [b"EVALSHA", bump_sha, b"4"], bumps
+    # EVALSHA <sha> 2: the provider's scope and the booking's local date (its event names
+    # the provider's zone), in one call; not the profile, which a booking leaves as it was.
+    assert bumps[0][:3] == [b"EVALSHA", bump_sha, b"2"], bumps
     assert not [c for c in round_trips.commands() if c[:1] in ([b"INCR"], [b"EXPIRE"])]
 
 
