@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 
@@ -129,7 +130,7 @@ async def cached_availability_json(
 
 def _cache_address(
     rules: BookingRules, provider_id: uuid.UUID, from_date: date, to_date: date, now: datetime
-) -> tuple[Scope, str, list[Scope]]:
+) -> tuple[Scope, str, Sequence[Scope]]:
     """Where a window's document is cached: its scope, key and the date scopes within."""
     return (
         availability_scope(provider_id),
