@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 
 import pytest
 from redis.asyncio import Redis
@@ -63,6 +64,26 @@ async def test_an_exhausted_pool_is_waited_for_not_an_outage(
         assert not cache.circuit.is_open
         assert cache.circuit.outages == 0
     finally:
+        await redis.aclose()
+
+
+async def test_a_tight_pool_serves_every_caller_on_its_own_connections(
+    settings: Settings, database: Database
+) -> None:
+    assert settings.redis_url is not None
+    tight = settings.model_copy(update={"redis_max_connections": 2})
+    redis: Redis = create_redis(settings.redis_url, tight)
+    pool = redis.connection_pool
+    key = f"cb:test:pool:{uuid.uuid4()}"
+    try:
+        assert await redis.incr(key) == 1  # alone: a free connection, taken without waiting
+        counts = await asyncio.gather(*(redis.incr(key) for _ in range(300)))
+        assert sorted(counts) == list(range(2, 302))  # each command ran once, none was lost
+        assert len(pool._available_connections) == 2
+        assert not pool._in_use_connections
+        assert await redis.get(key) == b"301"  # and the pool still works once it is calm
+    finally:
+        await redis.delete(key)
         await redis.aclose()
 
 
