@@ -21,7 +21,7 @@ from app.appointments.schemas import (
 )
 from app.auth.dependencies import CurrentPrincipal
 from app.availability.endpoints import Rules
-from app.kit.db import PrimaryReadConnection, PrimaryReadSession, ReadConnection, WriteSession
+from app.kit.db import DatabaseDep, PrimaryReadSession, WriteSession
 from app.kit.idempotency import IdempotencyKeyHeader, IdempotentCall, run_idempotent
 from app.kit.pagination import Page, Pagination, item_response, page_response
 from app.kit.rate_limit import Limiter
@@ -62,8 +62,7 @@ async def book(
 @router.get("/v1/appointments", response_model=Page[AppointmentOut])
 async def list_appointments(
     principal: CurrentPrincipal,
-    primary: PrimaryReadConnection,
-    replica: ReadConnection,
+    database: DatabaseDep,
     page: Pagination,
     status_: Annotated[list[AppointmentStatus] | None, Query(alias="status")] = None,
     from_: Annotated[Instant | None, Query(alias="from", description="Starts at or after")] = None,
@@ -71,17 +70,17 @@ async def list_appointments(
     order: Order = Order.ASC,
 ) -> Response:
     # History tolerates replica lag; anything that may still change reads the primary.
-    # (A reader that is never used never takes a connection.)
     past_only = to is not None and to <= datetime.now(UTC)
-    items, cursor = await service.list_appointments(
-        replica if past_only else primary,
-        principal,
-        page,
-        statuses=status_ or [],
-        starts_from=from_,
-        starts_before=to,
-        order=order,
-    )
+    async with database.reader(primary=not past_only) as reader:
+        items, cursor = await service.list_appointments(
+            reader,
+            principal,
+            page,
+            statuses=status_ or [],
+            starts_from=from_,
+            starts_before=to,
+            order=order,
+        )
     # Built from rows and serialised once; response_model above documents the same shape.
     return page_response(items, cursor)
 

@@ -11,7 +11,7 @@ from app.availability import service
 from app.availability.schemas import AvailabilitySearch, ProviderAvailability
 from app.availability.service import BookingRules
 from app.kit.cache import CacheDep
-from app.kit.db import Database, PrimaryReadConnection, get_database
+from app.kit.db import DatabaseDep
 from app.kit.http_cache import PUBLIC_REVALIDATE, conditional_with_etag
 from app.kit.pagination import Pagination
 
@@ -30,7 +30,7 @@ Rules = Annotated[BookingRules, Depends(booking_rules)]
 async def provider_availability(
     request: Request,
     provider_id: uuid.UUID,
-    database: Annotated[Database, Depends(get_database)],
+    database: DatabaseDep,
     cache: CacheDep,
     rules: Rules,
     from_: Annotated[date, Query(alias="from", description="First local date, inclusive")],
@@ -46,7 +46,7 @@ async def provider_availability(
 
 @router.get("/v1/availability", response_model=AvailabilitySearch)
 async def search_availability(
-    reader: PrimaryReadConnection,
+    database: DatabaseDep,
     rules: Rules,
     page: Pagination,
     date_: Annotated[date, Query(alias="date", description="First local date")],
@@ -54,7 +54,9 @@ async def search_availability(
     specialty: Annotated[str | None, Query(max_length=200)] = None,
     clinic_id: uuid.UUID | None = None,
 ) -> Response:
-    body = await service.search(
-        reader, rules, page, day=date_, days=days, specialty=specialty, clinic_id=clinic_id
-    )
+    # Availability reads the primary: a replica's lag would offer a slot just taken.
+    async with database.reader(primary=True) as reader:
+        body = await service.search(
+            reader, rules, page, day=date_, days=days, specialty=specialty, clinic_id=clinic_id
+        )
     return Response(body, media_type="application/json")

@@ -18,7 +18,7 @@ from app.catalog.schemas import (
     SpecialtyOut,
 )
 from app.kit.cache import CATALOG, CacheDep, profile_scope
-from app.kit.db import ReadConnection, ReadSession, WriteSession
+from app.kit.db import DatabaseDep, ReadSession, WriteSession
 from app.kit.http_cache import PUBLIC_SHORT, conditional_bytes
 from app.kit.pagination import Page, PageParams, Pagination
 from app.models import Role
@@ -91,13 +91,13 @@ async def list_providers(
 
 @router.get("/v1/providers/{provider_id}", response_model=ProviderProfile)
 async def get_provider(
-    request: Request, provider_id: uuid.UUID, reader: ReadConnection, cache: CacheDep
+    request: Request, provider_id: uuid.UUID, database: DatabaseDep, cache: CacheDep
 ) -> Response:
+    async def compute() -> ProviderProfile:
+        async with database.reader() as reader:  # only on a miss
+            return await service.get_profile(reader, provider_id)
+
     body = await service.cached_json(
-        cache,
-        "profile",
-        profile_scope(provider_id),
-        "profile",
-        lambda: service.get_profile(reader, provider_id),
+        cache, "profile", profile_scope(provider_id), "profile", compute
     )
     return conditional_bytes(request, body, cache_control=PUBLIC_SHORT)
