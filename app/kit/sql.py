@@ -173,15 +173,7 @@ class Reader:
         if disconnect:
             self._pooled = self._connection = None
             await greenlet_spawn(self._engine.pool._invalidate, pooled, wrapped)
-        return sa_exc.DBAPIError.instance(
-            statement.sql,
-            args,
-            wrapped,
-            dbapi_error,
-            hide_parameters=True,
-            connection_invalidated=disconnect,
-            dialect=dialect,
-        )
+        return _wrapped(statement, args, wrapped, dbapi_error, dialect, disconnect=disconnect)
 
 
 # What a repository's read runs on: a session (writes, and reads inside a unit of work) or a
@@ -300,10 +292,24 @@ async def _translated(
     if disconnect:
         adapted._transaction = None
         await connection.invalidate(wrapped)
+    return _wrapped(statement, args, wrapped, dbapi_error, dialect, disconnect=disconnect)
+
+
+def _wrapped(
+    statement: Statement,
+    args: list[Any],
+    error: Exception,
+    dbapi_error: type[Exception],
+    dialect: Any,
+    *,
+    disconnect: bool,
+) -> Exception:
+    """The `sqlalchemy.exc` error around a DB-API error, as SQLAlchemy raises it (parameters
+    hidden: they may hold personal data)."""
     return sa_exc.DBAPIError.instance(
         statement.sql,
         args,
-        wrapped,
+        error,
         dbapi_error,
         hide_parameters=True,
         connection_invalidated=disconnect,

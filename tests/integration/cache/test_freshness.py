@@ -187,17 +187,9 @@ async def test_a_profile_stays_cached_through_bookings_and_follows_its_account(
     url = f"/v1/providers/{provider.id}"
     profile = await client.get(url)
     assert profile.status_code == 200, profile.text
+    nine = local_instant(next_local_day(provider.timezone), time(9, 0), provider.timezone)
     async with client_for(other_app) as b:
-        day = next_local_day(provider.timezone)
-        booked = await b.post(
-            "/v1/appointments",
-            json={
-                "provider_id": str(provider.id),
-                "start": local_instant(day, time(9, 0), provider.timezone).isoformat(),
-            },
-            headers={**patient.headers, "Idempotency-Key": "profile-stays-cached"},
-        )
-        assert booked.status_code == 201, booked.text
+        await _book(b, provider, patient, nine.isoformat())
 
     database: Database = app.state.database
     with count_statements(database.primary) as log:
