@@ -262,28 +262,24 @@ async def book(
         raise _overlap_error(exc) from exc
     await outbox.emit(session, "appointment.booked", _event(row, timezone=locked.tz))
     await _audit(session, principal, "appointment.booked", [row.id])
-    # The response from the rows in hand (the insert's RETURNING and the lock's read), in
-    # AppointmentOut's shape and key order, as `_listed` builds a listed one.
-    zone = ZoneInfo(locked.tz)
-    return {
-        "id": row.id,
-        "provider_id": row.provider_id,
-        "patient_id": row.patient_id,
-        "clinic_id": row.clinic_id,
-        "start": row.starts_at.astimezone(zone).isoformat(),
-        "end": row.ends_at.astimezone(zone).isoformat(),
-        "status": row.status,
-        "video_status": row.video_status,
-        "cancel_reason": row.cancel_reason,
-        "created_at": row.created_at,
-        "updated_at": row.updated_at,
-        "provider": {
-            "id": row.provider_id,
-            "full_name": locked.provider_name,
-            "specialty": locked.specialty,
-        },
-        "patient": {"id": row.patient_id, "full_name": locked.patient_name},
-    }
+    # The response from the rows in hand: the insert's RETURNING and the lock's read.
+    return _item(
+        row.id,
+        row.provider_id,
+        row.patient_id,
+        row.clinic_id,
+        row.starts_at,
+        row.ends_at,
+        row.status,
+        row.video_status,
+        row.cancel_reason,
+        row.created_at,
+        row.updated_at,
+        locked.provider_name,
+        locked.specialty,
+        locked.tz,
+        locked.patient_name,
+    )
 
 
 async def visible_row(
@@ -306,23 +302,28 @@ async def get(
 def _listed(row: AnyRow) -> dict[str, Any]:
     """One listed appointment in AppointmentOut's shape and key order, from a row of
     repository.LISTED_COLUMNS (no ORM instance, no model: the page is serialised once)."""
-    (
-        appointment_id,
-        provider_id,
-        patient_id,
-        clinic_id,
-        starts_at,
-        ends_at,
-        status,
-        video_status,
-        cancel_reason,
-        created_at,
-        updated_at,
-        provider_name,
-        specialty,
-        tz,
-        patient_name,
-    ) = row
+    return _item(*row)
+
+
+def _item(
+    appointment_id: Any,
+    provider_id: Any,
+    patient_id: Any,
+    clinic_id: Any,
+    starts_at: datetime,
+    ends_at: datetime,
+    status: str,
+    video_status: str,
+    cancel_reason: str | None,
+    created_at: datetime,
+    updated_at: datetime,
+    provider_name: str,
+    specialty: str,
+    tz: str,
+    patient_name: str,
+) -> dict[str, Any]:
+    """AppointmentOut's plain values, in its key order (`item_json` renders its bytes); the
+    arguments in the order of repository.LISTED_COLUMNS."""
     zone = ZoneInfo(tz)  # what to_local_iso does, with one zone lookup for both ends
     return {
         "id": appointment_id,

@@ -64,8 +64,7 @@ local version = table.concat(parts, '.')
 return {version, redis.call('GET', ARGV[1] .. version .. ARGV[2])}
 """
 # KEYS: the versions to bump; ARGV[1]: their lifetime. One command however many scopes a
-# change touches: a pipeline of an INCR and an EXPIRE per scope cost the client five times the
-# CPU of the one script call (a booking touches three or four scopes).
+# change touches, where a pipeline packed and parsed an INCR and an EXPIRE per scope.
 _BUMP = """
 for i = 1, #KEYS do
   redis.call('INCR', KEYS[i])
