@@ -290,9 +290,10 @@ _INSERT_BOOKING = sql.Statement(
 
 
 async def taken_at(session: AsyncSession, provider_id: uuid.UUID, start: datetime) -> bool:
-    """Whether an active appointment of the provider starts at `start` (time off aside)."""
+    """Whether an active appointment of the provider starts at `start` (time off aside): read
+    before the session's BEGIN when nothing has been written yet."""
     params = {"provider_id": provider_id, "start": start}
-    return bool(await sql.fetchval(session, _TAKEN_AT, params))
+    return bool(await sql.fetchval(session, _TAKEN_AT, params, before_begin=True))
 
 
 async def lock_for_booking(

@@ -221,7 +221,9 @@ async def _refuse_if_taken(
 
     It runs on the write session, so an apparent winner goes on with the connection it has:
     a read on another session would hand its connection back and queue for a new one behind
-    every request of the burst, none of which could see the winner's commit before it."""
+    every request of the burst, none of which could see the winner's commit before it. It runs
+    before the session's BEGIN, so a loser's request sends no BEGIN and no ROLLBACK: this
+    read and the idempotency lookup of its refusal are all it costs the database."""
     now = rules.now()
     bookable = now + rules.min_notice <= start < now + rules.horizon
     if bookable and await repository.taken_at(session, provider_id, start):

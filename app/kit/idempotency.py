@@ -36,7 +36,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.kit import sql
-from app.kit.db import AnyRow, discard_after_commit
+from app.kit.db import discard_after_commit
 from app.kit.errors import (
     AppError,
     IdempotencyInFlight,
@@ -51,12 +51,14 @@ KEY_LIFETIME = timedelta(hours=24)
 REPLAY_HEADER = "Idempotent-Replayed"
 _KEY_SHAPE = re.compile(r"^[\x21-\x7e]{1,255}$")  # visible ASCII, as header values allow
 
-_READ = text(
-    """
+_READ = sql.Statement(
+    text(
+        """
     SELECT method, path, request_hash, status_code, response_body
     FROM idempotency_keys
     WHERE user_id = :user_id AND key = :key AND created_at >= :cutoff
     """
+    )
 )
 # DO UPDATE only over an expired outcome: a live one is left alone and nothing is returned.
 _STORE = sql.Statement(
@@ -162,14 +164,16 @@ async def run_idempotent(
 
 async def _read(
     session: AsyncSession, call: IdempotentCall, cutoff: datetime | None = None
-) -> AnyRow | None:
+) -> Any | None:
     params = {**call._ids(), "cutoff": cutoff or datetime.now(UTC) - KEY_LIFETIME}
-    return (await session.execute(_READ, params)).one_or_none()
+    # Before BEGIN when the handler wrote nothing (refused at once): a refusal then sends
+    # neither BEGIN nor ROLLBACK.
+    return await sql.fetchrow(session, _READ, params, before_begin=True)
 
 
 async def _stored_after_refusal(
     session: AsyncSession, call: IdempotentCall, exc: AppError
-) -> AnyRow | None:
+) -> Any | None:
     """The live outcome stored for the key, read after the handler refused; whatever the
     handler wrote is rolled back either way."""
     if isinstance(exc.__cause__, DBAPIError):
@@ -188,7 +192,7 @@ async def _roll_back(session: AsyncSession) -> None:
     discard_after_commit(session)
 
 
-def _replay(stored: AnyRow, call: IdempotentCall) -> JSONResponse:
+def _replay(stored: Any, call: IdempotentCall) -> JSONResponse:
     if (stored.method, stored.path, stored.request_hash) != (
         call.method,
         call.path,

@@ -181,28 +181,52 @@ class Reader:
 Executor: TypeAlias = AsyncSession | Reader
 
 
-async def fetch(executor: Executor, statement: Statement, params: Mapping[str, Any]) -> list[Any]:
+# `before_begin`: a read that needs no transaction of its own. When the session has sent no
+# BEGIN yet (nothing written so far), it runs in autocommit on the session's connection and the
+# transaction begins with the next statement; inside a begun transaction it runs there. Under
+# READ COMMITTED each statement takes its own snapshot either way, so what it sees is the same;
+# a request that ends with such reads alone (a booking refused at once) then sends neither
+# BEGIN nor ROLLBACK. A `Reader` is in autocommit anyway.
+
+
+async def fetch(
+    executor: Executor,
+    statement: Statement,
+    params: Mapping[str, Any],
+    *,
+    before_begin: bool = False,
+) -> list[Any]:
     """Every row of the statement, run in the session's transaction (or on the reader)."""
-    rows = await _run(executor, statement, params)
+    rows = await _run(executor, statement, params, before_begin)
     return cast("list[Any]", rows)
 
 
 async def fetchrow(
-    executor: Executor, statement: Statement, params: Mapping[str, Any]
+    executor: Executor,
+    statement: Statement,
+    params: Mapping[str, Any],
+    *,
+    before_begin: bool = False,
 ) -> Any | None:
     """The first row of the statement (None when there is none)."""
-    rows = await _run(executor, statement, params)
+    rows = await _run(executor, statement, params, before_begin)
     return rows[0] if rows else None
 
 
-async def fetchval(executor: Executor, statement: Statement, params: Mapping[str, Any]) -> Any:
+async def fetchval(
+    executor: Executor,
+    statement: Statement,
+    params: Mapping[str, Any],
+    *,
+    before_begin: bool = False,
+) -> Any:
     """The first column of the first row (None when there is no row)."""
-    rows = await _run(executor, statement, params)
+    rows = await _run(executor, statement, params, before_begin)
     return rows[0][0] if rows else None
 
 
 async def _run(
-    executor: Executor, statement: Statement, params: Mapping[str, Any]
+    executor: Executor, statement: Statement, params: Mapping[str, Any], before_begin: bool
 ) -> Sequence[Any]:
     if isinstance(executor, Reader):
         return await executor.run(statement, params)
@@ -210,16 +234,16 @@ async def _run(
     # As RetryingSession: only a statement that opens the session's work may run again.
     first = not session.in_transaction() and not session.identity_map and not session.new
     try:
-        return await _on_driver(session, statement, params)
+        return await _on_driver(session, statement, params, before_begin)
     except sa_exc.DBAPIError as error:
         if not (first and error.connection_invalidated):
             raise
         await session.rollback()  # releases the invalidated connection; the pool has a new one
-        return await _on_driver(session, statement, params)
+        return await _on_driver(session, statement, params, before_begin)
 
 
 async def _on_driver(
-    session: AsyncSession, statement: Statement, params: Mapping[str, Any]
+    session: AsyncSession, statement: Statement, params: Mapping[str, Any], before_begin: bool
 ) -> Sequence[Any]:
     connection = await _connection(session)
     if _TRACED.get(connection.sync_engine.pool, True):
@@ -236,7 +260,7 @@ async def _on_driver(
     dispatch.before_cursor_execute(sync_connection, None, statement.sql, args, None, False)
     try:
         async with adapted._execute_mutex:
-            if adapted._transaction is None:
+            if adapted._transaction is None and not before_begin:
                 # What SQLAlchemy's cursor does before its first statement: BEGIN, unless the
                 # session is in autocommit. Without it these statements would run outside the
                 # transaction the boundary commits.
