@@ -24,7 +24,7 @@ from sqlalchemy.dialects.postgresql import UUID as PG_UUID
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
-from app.kit import sql
+from app.kit import outbox, sql
 from app.kit.db import AnyRow, AnySelect
 from app.models import Appointment, AppointmentStatus, Provider, Role, Specialty, User
 
@@ -275,15 +275,22 @@ _LOCK_FOR_BOOKING = sql.Statement(
     """
     )
 )
+# The appointment and its outbox events in one round trip (`outbox.INSERT_EVENTS`).
 _INSERT_BOOKING = sql.Statement(
     text(
-        """
-    INSERT INTO appointments
-        (id, provider_id, provider_key, patient_id, patient_key, clinic_id, starts_at, ends_at)
-    VALUES (:id, :provider_id, :provider_key, :patient_id, :patient_key, :clinic_id,
-            :starts_at, :ends_at)
-    RETURNING id, provider_id, patient_id, clinic_id, starts_at, ends_at, status, video_status,
-              cancel_reason, created_at, updated_at
+        f"""
+    WITH booked AS (
+        INSERT INTO appointments
+            (id, provider_id, provider_key, patient_id, patient_key, clinic_id, starts_at,
+             ends_at)
+        VALUES (:id, :provider_id, :provider_key, :patient_id, :patient_key, :clinic_id,
+                :starts_at, :ends_at)
+        RETURNING id, provider_id, patient_id, clinic_id, starts_at, ends_at, status,
+                  video_status, cancel_reason, created_at, updated_at
+    ), events AS (
+        {outbox.INSERT_EVENTS}
+    )
+    SELECT * FROM booked
     """
     )
 )
@@ -316,9 +323,12 @@ async def insert_booking(
     clinic_id: uuid.UUID,
     starts_at: datetime,
     ends_at: datetime,
+    events: Sequence[tuple[str, dict[str, Any]]],
 ) -> Any:
-    """The new appointment's row as stored (defaults and timestamps filled in)."""
+    """The new appointment's row as stored (defaults and timestamps filled in), written with
+    its outbox `events` (announced to this process's subscribers on commit)."""
     params = {
+        **outbox.event_params(events),
         "id": appointment_id,
         "provider_id": provider_id,
         "provider_key": provider_key,
@@ -330,6 +340,7 @@ async def insert_booking(
     }
     row = await sql.fetchrow(session, _INSERT_BOOKING, params)
     assert row is not None  # INSERT ... RETURNING returns the row it inserted or raises
+    outbox.announce(session, events)
     return row
 
 

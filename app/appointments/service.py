@@ -106,13 +106,35 @@ def _event(appointment: Appointment | AnyRow, **extra: Any) -> dict[str, Any]:
     (`extra` overrides them where the event moved the appointment), and its provider's
     `timezone`, where the caller has it in hand, the local dates those are: without it the
     cache bumps a day either side of each."""
+    return _event_of(
+        appointment.id,
+        appointment.provider_id,
+        appointment.patient_id,
+        appointment.clinic_id,
+        appointment.starts_at,
+        appointment.ends_at,
+        **extra,
+    )
+
+
+def _event_of(
+    appointment_id: uuid.UUID,
+    provider_id: uuid.UUID,
+    patient_id: uuid.UUID,
+    clinic_id: uuid.UUID,
+    starts_at: datetime,
+    ends_at: datetime,
+    /,
+    **extra: Any,
+) -> dict[str, Any]:
+    """`_event` from the values themselves (an appointment not written yet)."""
     return {
-        "appointment_id": str(appointment.id),
-        "provider_id": str(appointment.provider_id),
-        "patient_id": str(appointment.patient_id),
-        "clinic_id": str(appointment.clinic_id),
-        "starts_at": _utc_iso(appointment.starts_at),
-        "ends_at": _utc_iso(appointment.ends_at),
+        "appointment_id": str(appointment_id),
+        "provider_id": str(provider_id),
+        "patient_id": str(patient_id),
+        "clinic_id": str(clinic_id),
+        "starts_at": _utc_iso(starts_at),
+        "ends_at": _utc_iso(ends_at),
         **extra,
     }
 
@@ -247,10 +269,20 @@ async def book(
     starts_at, ends_at = await _checked_slot(
         session, rules, data.provider_id, locked.tz, data.start
     )
+    appointment_id = new_id()
+    booked = _event_of(
+        appointment_id,
+        data.provider_id,
+        patient_id,
+        locked.clinic_id,
+        starts_at,
+        ends_at,
+        timezone=locked.tz,
+    )
     try:
         row = await repository.insert_booking(
             session,
-            appointment_id=new_id(),
+            appointment_id=appointment_id,
             provider_id=data.provider_id,
             provider_key=locked.provider_key,
             patient_id=patient_id,
@@ -258,11 +290,11 @@ async def book(
             clinic_id=locked.clinic_id,
             starts_at=starts_at,
             ends_at=ends_at,
+            events=[("appointment.booked", booked)],
         )
     except IntegrityError as exc:
         # The exclusion constraints are the backstop; the lock makes this rare.
         raise _overlap_error(exc) from exc
-    await outbox.emit(session, "appointment.booked", _event(row, timezone=locked.tz))
     await _audit(session, principal, "appointment.booked", [row.id])
     # The response from the rows in hand: the insert's RETURNING and the lock's read.
     return _item(

@@ -29,13 +29,16 @@ class Event:
     payload: dict[str, Any]
 
 
-def _announce(session: AsyncSession, events: list[tuple[str, dict[str, Any]]]) -> None:
+def announce(session: AsyncSession, events: Sequence[tuple[str, dict[str, Any]]]) -> None:
+    """Tell this process's subscribers of the events once the transaction commits: for events
+    written by the caller's own statement (`INSERT_EVENTS`); `emit_many` does it itself."""
     bus = event_bus_of(session)
     if bus is None:
         return
+    announced = list(events)
 
     async def publish() -> None:
-        await bus.publish(events)
+        await bus.publish(announced)
 
     after_commit(session, publish)
 
@@ -44,15 +47,25 @@ async def emit(session: AsyncSession, topic: str, payload: dict[str, Any]) -> No
     await emit_many(session, [(topic, payload)])
 
 
-# One statement for any number of events, prepared once per connection (no ORM unit of work).
-_INSERT = sql.Statement(
-    text(
-        """
-    INSERT INTO outbox (topic, payload)
-    SELECT * FROM unnest(CAST(:topics AS text[]), CAST(:payloads AS jsonb[]))
-    """
-    )
-)
+# Any number of events in one statement, with the parameters of `event_params`. A repository
+# statement that writes a change can carry it as a CTE (`WITH changed AS (...), events AS
+# (INSERT_EVENTS) SELECT ...`): the change and its events in one round trip, in the same
+# transaction as ever. A failed change fails the statement, events and all.
+INSERT_EVENTS = """INSERT INTO outbox (topic, payload)
+    SELECT * FROM unnest(CAST(:event_topics AS text[]), CAST(:event_payloads AS jsonb[]))"""
+# Prepared once per connection (no ORM unit of work).
+_INSERT = sql.Statement(text(INSERT_EVENTS))
+
+
+def event_params(events: Sequence[tuple[str, dict[str, Any]]]) -> dict[str, list[str]]:
+    """`INSERT_EVENTS`' parameters. The stored payload also carries the trace of the request
+    that caused the event; what this process's subscribers get is the payload as given."""
+    traceparent = telemetry.current_traceparent()
+    extra = {telemetry.TRACE_KEY: traceparent} if traceparent else {}
+    return {
+        "event_topics": [topic for topic, _ in events],
+        "event_payloads": [orjson.dumps({**payload, **extra}).decode() for _, payload in events],
+    }
 
 
 async def emit_many(session: AsyncSession, events: list[tuple[str, dict[str, Any]]]) -> None:
@@ -62,19 +75,8 @@ async def emit_many(session: AsyncSession, events: list[tuple[str, dict[str, Any
     # insert: their constraint errors surface before the event is written, not at commit.
     if session.new or session.dirty or session.deleted:
         await session.flush()
-    # The stored payload also carries the trace of the request that caused the event; what
-    # this process's subscribers get is the payload as given.
-    traceparent = telemetry.current_traceparent()
-    extra = {telemetry.TRACE_KEY: traceparent} if traceparent else {}
-    await sql.fetch(
-        session,
-        _INSERT,
-        {
-            "topics": [topic for topic, _ in events],
-            "payloads": [orjson.dumps({**payload, **extra}).decode() for _, payload in events],
-        },
-    )
-    _announce(session, events)
+    await sql.fetch(session, _INSERT, event_params(events))
+    announce(session, events)
 
 
 # --- The relay's side of the table ---------------------------------------------------------
