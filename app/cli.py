@@ -221,7 +221,7 @@ def serve(
     With no database URL configured this starts embedded PostgreSQL and Redis, applies the
     migrations and runs the job worker inside the API process; Ctrl-C stops everything.
     """
-    import uvicorn
+    from app.kit import serving
 
     with (
         _environment(data_dir, with_redis=True) as settings,
@@ -233,7 +233,7 @@ def serve(
 
             asyncio.run(seed_demo(settings))
             print_demo_logins(host, port)
-        uvicorn.run(
+        serving.run(
             "app.main:app_factory",
             factory=True,
             host=host,

@@ -291,11 +291,12 @@ def server_env(
 
 
 def server_command(app: str, port: int, workers: int) -> list[str]:
-    """The uvicorn command line, identical for Carebook and the baseline apart from the app."""
+    """The uvicorn command line, identical for Carebook and the baseline apart from the app
+    (`load.serve`: several workers each on their own socket, as `carebook serve` runs them)."""
     return [
         sys.executable,
         "-m",
-        "uvicorn",
+        "load.serve",
         app,
         "--factory",
         "--host",
