@@ -46,17 +46,22 @@ async def book(
     request: Request,
     principal: CurrentPrincipal,
     key: IdempotencyKeyHeader,
-    session: WriteSession,
+    database: DatabaseDep,
     rules: Rules,
     limiter: Limiter,
 ) -> Response:
     await limiter.enforce(limiter.policies.booking_per_user, str(principal.user_id))
-    return await run_idempotent(
-        session,
-        IdempotentCall.of(request, principal.user_id, key, data),
-        lambda: service.book(session, rules, principal, data),
-        status_code=status.HTTP_201_CREATED,
-    )
+    call = IdempotentCall.of(request, principal.user_id, key, data)
+    # The unit of work opened here rather than by the WriteSession dependency (the same
+    # boundary, committed before the response is sent): a generator dependency costs FastAPI
+    # a context and a shielded exit, a twentieth of the API's CPU for the most frequent write.
+    async with database.unit_of_work() as session:
+        return await run_idempotent(
+            session,
+            call,
+            lambda: service.book(session, rules, principal, data),
+            status_code=status.HTTP_201_CREATED,
+        )
 
 
 @router.get("/v1/appointments", response_model=Page[AppointmentOut])
@@ -94,14 +99,14 @@ async def get_appointment(
 
 @router.post("/v1/appointments/{appointment_id}/cancel", response_model=AppointmentOut)
 async def cancel(
-    appointment_id: uuid.UUID, data: CancelIn, principal: CurrentPrincipal, session: WriteSession
+    appointment_id: uuid.UUID, data: CancelIn, principal: CurrentPrincipal, database: DatabaseDep
 ) -> Response:
-    # Built from rows and serialised once; response_model above documents the same shape.
-    return item_response(
-        await service.change_status(
+    async with database.unit_of_work() as session:  # as in `book`
+        changed = await service.change_status(
             session, principal, appointment_id, AppointmentStatus.CANCELLED, reason=data.reason
         )
-    )
+    # Built from rows and serialised once; response_model above documents the same shape.
+    return item_response(changed)
 
 
 @router.post(

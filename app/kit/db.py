@@ -310,7 +310,8 @@ class Database:
     async def unit_of_work(self) -> AsyncIterator[AsyncSession]:
         """A write session that commits when the block succeeds and rolls back when it raises.
 
-        This is the boundary for jobs and CLI commands; requests use `get_write_session`.
+        This is the boundary for jobs and CLI commands; requests use `get_write_session`, or
+        open it in the handler (the booking and the cancellation, the most frequent writes).
         Callbacks registered with `after_commit` run once the commit has succeeded.
         """
         async with self.write_sessions() as session:
