@@ -40,12 +40,12 @@ _EXEMPT = ("/health/", "/metrics")
 
 class Shortcut(Protocol):
     """A route answered before FastAPI when it can be: given the request's scope, the response
-    (an ASGI app) FastAPI would give, or None to let the request through to FastAPI. `path` is
-    the route's template, the request's metrics and access log label."""
+    FastAPI would give (its body in hand), or None to let the request through to FastAPI.
+    `path` is the route's template, the request's metrics and access log label."""
 
     path: str
 
-    async def __call__(self, scope: Scope) -> ASGIApp | None: ...
+    async def __call__(self, scope: Scope) -> Response | None: ...
 
 
 class AllowedHosts:
@@ -232,6 +232,7 @@ class RequestContextMiddleware:
                     await refusal(scope, receive, send_with_id)
                     return
             target: ASGIApp = self.app
+            answer: Response | None = None
             if not exempt:
                 state = getattr(scope.get("app"), "state", None)  # None: not under an app
                 shortcuts: Sequence[Shortcut] = getattr(state, "shortcuts", ())
@@ -247,7 +248,15 @@ class RequestContextMiddleware:
                         target = answer
                         break
             responder: ASGIApp
-            if b"gzip" in headers.get(b"accept-encoding", b""):
+            gzip = b"gzip" in headers.get(b"accept-encoding", b"")
+            if answer is not None and not gzip:
+                # A shortcut's answer is a body in hand: what IdentityResponder would do to it
+                # (Vary on a large one), without wrapping its send (a tenth of a cache hit).
+                if len(answer.body) >= self.gzip_minimum_size:
+                    answer.headers.add_vary_header("Accept-Encoding")
+                await answer(scope, receive, send_with_id)
+                return
+            if gzip:
                 responder = GZipResponder(
                     target, self.gzip_minimum_size, compresslevel=self.gzip_level
                 )

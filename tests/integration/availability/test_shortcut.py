@@ -131,15 +131,21 @@ async def test_a_hit_is_the_routes_answer_byte_for_byte(
         assert route_calls.count == calls + 1  # only the request without shortcuts reached it
 
     etag = shortcut.headers["etag"]
-    for if_none_match, status in (
-        (etag, 304),
-        (f'W/{etag}, "other"', 304),
-        ("*", 304),
-        ('"stale"', 200),
+    for if_none_match, status, encoding in (
+        (etag, 304, "gzip"),
+        (etag, 304, "identity"),  # an empty body: no Vary either way
+        (f'W/{etag}, "other"', 304, "gzip"),
+        ("*", 304, "gzip"),
+        ('"stale"', 200, "gzip"),
+        ('"stale"', 200, "identity"),
     ):
         calls = route_calls.count
         shortcut, route = await _both_ways(
-            app, client, "GET", url, headers={"If-None-Match": if_none_match}
+            app,
+            client,
+            "GET",
+            url,
+            headers={"If-None-Match": if_none_match, "Accept-Encoding": encoding},
         )
         assert shortcut.status_code == status, if_none_match
         assert _comparable(shortcut) == _comparable(route), if_none_match
