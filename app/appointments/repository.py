@@ -345,13 +345,17 @@ async def insert_booking(
 
 
 def _transition_statement(*, cancel: bool) -> sql.Statement:
-    # What _transition_values sets, as one statement built at import.
+    # What _transition_values sets, as one statement built at import, with the change's outbox
+    # events (`outbox.INSERT_EVENTS`), written only when the appointment did change.
     reason = ", cancel_reason = :cancel_reason" if cancel else ""
     return sql.Statement(
         text(
+            "WITH changed AS ("
             "UPDATE appointments SET status = :to, version = version + 1, updated_at = now()"
             f"{reason} WHERE id = :appointment_id AND status = ANY(CAST(:allowed AS text[])) "
             "RETURNING status, cancel_reason, version, updated_at"
+            f"), events AS ({outbox.INSERT_EVENTS} WHERE EXISTS (SELECT FROM changed)) "
+            "SELECT * FROM changed"
         )
     )
 
@@ -367,17 +371,24 @@ async def transition(
     allowed_from: Sequence[AppointmentStatus],
     to: AppointmentStatus,
     cancel_reason: str | None = None,
+    events: Sequence[tuple[str, dict[str, Any]]],
 ) -> AnyRow | None:
-    """Atomically move an appointment to `to` if it is in one of `allowed_from`."""
+    """Atomically move an appointment to `to` if it is in one of `allowed_from`, writing its
+    outbox `events` when it moved (None, and no events, when it did not)."""
     params: dict[str, Any] = {
+        **outbox.event_params(events),
         "appointment_id": appointment_id,
         "to": to.value,
         "allowed": [s.value for s in allowed_from],
     }
     if to is AppointmentStatus.CANCELLED:
         params["cancel_reason"] = cancel_reason
-        return await sql.fetchrow(session, _CANCELLATION, params)
-    return await sql.fetchrow(session, _TRANSITION, params)
+    changed = await sql.fetchrow(
+        session, _CANCELLATION if to is AppointmentStatus.CANCELLED else _TRANSITION, params
+    )
+    if changed is not None:
+        outbox.announce(session, events)
+    return changed
 
 
 async def move(

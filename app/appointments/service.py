@@ -421,18 +421,19 @@ async def change_status(
     row = await repository.get_listed(session, appointment_id, _visibility(principal))
     if row is None:
         raise NotFound("No such appointment.")  # also when it is not the caller's to see
+    event = _event(
+        row, status=to.value, by=str(principal.user_id), reason=reason, timezone=row.timezone
+    )
     changed = await repository.transition(
-        session, appointment_id, allowed_from=ALLOWED_FROM[to], to=to, cancel_reason=reason
+        session,
+        appointment_id,
+        allowed_from=ALLOWED_FROM[to],
+        to=to,
+        cancel_reason=reason,
+        events=[(TOPICS[to], event)],
     )
     if changed is None:
         raise InvalidTransition(f"An appointment that is {row.status} cannot become {to.value}.")
-    await outbox.emit(
-        session,
-        TOPICS[to],
-        _event(
-            row, status=to.value, by=str(principal.user_id), reason=reason, timezone=row.timezone
-        ),
-    )
     await _audit(session, principal, TOPICS[to], [appointment_id], _why(reason))
     item = _listed(row)
     item.update(

@@ -50,7 +50,8 @@ async def emit(session: AsyncSession, topic: str, payload: dict[str, Any]) -> No
 # Any number of events in one statement, with the parameters of `event_params`. A repository
 # statement that writes a change can carry it as a CTE (`WITH changed AS (...), events AS
 # (INSERT_EVENTS) SELECT ...`): the change and its events in one round trip, in the same
-# transaction as ever. A failed change fails the statement, events and all.
+# transaction as ever. A failed change fails the statement, events and all; a change that may
+# touch no row adds `WHERE EXISTS (SELECT FROM changed)`.
 INSERT_EVENTS = """INSERT INTO outbox (topic, payload)
     SELECT * FROM unnest(CAST(:event_topics AS text[]), CAST(:event_payloads AS jsonb[]))"""
 # Prepared once per connection (no ORM unit of work).
