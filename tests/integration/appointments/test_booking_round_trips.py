@@ -1,7 +1,8 @@
 """What a booking costs PostgreSQL, counted at the wire (as in
 tests/integration/kit/test_read_round_trips.py): a booking is 7 statements (it was 11), a
 request for a slot already taken or a replay is turned away in two statements before BEGIN (no
-lock, no write, no transaction), a reschedule is 8 (it was 10) and a patient's cancellation 4 (it was 5).
+lock, no write, no transaction), a reschedule is 8 (it was 10) and a patient's cancellation 4
+(it was 5).
 
 The app under test has one pooled connection, so every request also shows that it needs only
 one at a time; its second request of a kind reuses the statements the first one prepared.

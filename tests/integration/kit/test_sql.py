@@ -99,6 +99,29 @@ async def test_reads_run_in_autocommit_and_the_engines_listeners_see_them(
     assert log.statements == [_COUNT_CLINICS.sql, _COUNT_CLINICS.sql]
 
 
+async def test_a_read_before_begin_runs_outside_the_transaction_until_something_is_written(
+    database: Database,
+) -> None:
+    async with database.unit_of_work() as session:
+        # Nothing written yet: autocommit, so a local setting ends with its own statement.
+        await sql.fetch(session, _SET_LOCAL, {}, before_begin=True)
+        assert not await sql.fetchval(session, _LOCAL, {}, before_begin=True)
+        before = await sql.fetchrow(session, _BACKEND, {}, before_begin=True)
+        # The first statement without it begins the transaction, on the same connection.
+        await sql.fetch(session, _INSERT_CLINIC, {"id": uuid.uuid4(), "name": "after the read"})
+        inside = await sql.fetchrow(session, _BACKEND, {}, before_begin=True)
+        # From then on it runs in the transaction: it sees the uncommitted row and the setting.
+        assert await sql.fetchval(session, _COUNT_CLINICS, {}, before_begin=True) == 1
+        await sql.fetch(session, _SET_LOCAL, {})
+        assert await sql.fetchval(session, _LOCAL, {}, before_begin=True) == "set"
+        assert await _clinics(database) == 0
+
+    assert before is not None
+    assert inside is not None
+    assert before.pid == inside.pid
+    assert await _clinics(database) == 1
+
+
 def _pool(database: Database) -> InstrumentedPool:
     pool = database.primary.sync_engine.pool
     assert isinstance(pool, InstrumentedPool)
