@@ -19,6 +19,8 @@ from app.availability.endpoints import router as availability_router
 from app.availability.shortcut import AvailabilityShortcut
 from app.catalog.endpoints import router as catalog_router
 from app.health.endpoints import router as health_router
+from app.health.metrics import OutboxCollector
+from app.health.metrics import router as metrics_router
 from app.integrations.fcm import Fcm
 from app.integrations.storage import FILES_PREFIX, create_storage
 from app.integrations.videosdk import VideoSdk
@@ -29,8 +31,7 @@ from app.kit.docs import install_docs
 from app.kit.errors import install_error_handlers
 from app.kit.events import EventBus
 from app.kit.logging import configure_logging
-from app.kit.metrics import OutboxCollector, mark_process_dead
-from app.kit.metrics import router as metrics_router
+from app.kit.metrics import mark_process_dead
 from app.kit.middleware import RequestContextMiddleware
 from app.kit.rate_limit import Policies, RateLimiter
 from app.kit.redis import create_redis

@@ -5,24 +5,16 @@ Multiprocess: when `PROMETHEUS_MULTIPROC_DIR` is set (`carebook serve --workers 
 N > 1), prometheus_client keeps each process's values in files there and `/metrics` merges them
 with `MultiProcessCollector`, so any worker answering the scrape reports all of them. Every gauge
 declares how processes combine (`multiprocess_mode`). What describes the database rather than a
-process (the outbox backlog) is read at scrape time by whichever process answers.
+process (the outbox backlog) is read at scrape time by whichever process answers
+(`app.health.metrics`, which also serves `/metrics`): this module imports nothing of the app,
+so that everything can import it.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import os
-import time
-from collections.abc import Iterable
-from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import TYPE_CHECKING
 
-from fastapi import APIRouter, Request
-from fastapi.responses import Response
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
     REGISTRY,
     CollectorRegistry,
     Counter,
@@ -31,13 +23,7 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
-from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
-
-if TYPE_CHECKING:
-    from app.kit.db import Database
-
-logger = logging.getLogger("carebook.metrics")
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -174,79 +160,6 @@ BREAKER_STATE = Gauge(
 )
 
 
-# --- The outbox, read at scrape time -------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class OutboxSnapshot:
-    backlog: int
-    oldest: datetime | None
-    dead_letters: int
-
-
-class OutboxCollector(Collector):
-    """Outbox backlog, age of its oldest pending event and dead letters.
-
-    A scrape refreshes the snapshot at most every `ttl` seconds with one cheap indexed query
-    under a short timeout, so scrapes cannot load the database. When the database does not
-    answer, the families are left out (the scrape itself still succeeds) until it does.
-    """
-
-    def __init__(self, *, ttl: float = 5.0, timeout: float = 0.5) -> None:
-        self.ttl = ttl
-        self.timeout = timeout
-        self._snapshot: OutboxSnapshot | None = None
-        self._read_at = -float("inf")
-        self._lock = asyncio.Lock()
-
-    async def refresh(self, database: Database) -> None:
-        from app.kit import outbox  # not at the top: outbox -> db -> errors imports this module
-
-        if time.monotonic() - self._read_at < self.ttl:
-            return
-        async with self._lock:
-            if time.monotonic() - self._read_at < self.ttl:
-                return
-            self._read_at = time.monotonic()
-            try:
-                # A transaction: the statement timeout is `set_config(..., true)`.
-                async with (
-                    asyncio.timeout(self.timeout),
-                    database.reading(primary=True, transaction=True) as s,
-                ):
-                    row = await outbox.pending_stats(s, timeout_ms=int(self.timeout * 1000))
-            except Exception as exc:
-                self._snapshot = None
-                logger.warning("outbox metrics unavailable", extra={"error": type(exc).__name__})
-                return
-            self._snapshot = OutboxSnapshot(int(row.backlog), row.oldest, int(row.dead_letters))
-
-    def collect(self) -> Iterable[GaugeMetricFamily]:
-        snapshot = self._snapshot
-        if snapshot is None:
-            return
-        yield GaugeMetricFamily(
-            "carebook_outbox_backlog",
-            "Outbox events not yet processed (dead letters excluded).",
-            value=snapshot.backlog,
-        )
-        age = (
-            max(0.0, (datetime.now(UTC) - snapshot.oldest).total_seconds())
-            if snapshot.oldest is not None
-            else 0.0
-        )
-        yield GaugeMetricFamily(
-            "carebook_outbox_oldest_age_seconds",
-            "Age of the oldest outbox event not yet processed (0 when there is none).",
-            value=age,
-        )
-        yield GaugeMetricFamily(
-            "carebook_outbox_dead_letters",
-            "Outbox events given up on after the maximum number of deliveries.",
-            value=snapshot.dead_letters,
-        )
-
-
 def exposition(extra: Collector | None = None) -> bytes:
     """The text exposition of this process (or, in multiprocess mode, of all of them)."""
     if os.environ.get(MULTIPROC_ENV):
@@ -266,19 +179,3 @@ def mark_process_dead() -> None:
     """Drop this process's live gauges from the multiprocess files (on shutdown)."""
     if os.environ.get(MULTIPROC_ENV):
         multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
-
-
-router = APIRouter(tags=["health"])
-
-
-@router.get("/metrics", include_in_schema=False)
-async def metrics(request: Request) -> Response:
-    collector: OutboxCollector | None = getattr(request.app.state, "outbox_metrics", None)
-    database: Database | None = getattr(request.app.state, "database", None)
-    if collector is not None and database is not None:
-        await collector.refresh(database)
-    return Response(
-        exposition(collector),
-        media_type=CONTENT_TYPE_LATEST,
-        headers={"Cache-Control": "no-store"},
-    )

@@ -12,8 +12,9 @@ from arq.connections import ArqRedis
 from fastapi import FastAPI
 from sqlalchemy import text
 
+from app.health.metrics import OutboxCollector
 from app.kit.db import Database, WriteSession
-from app.kit.metrics import OutboxCollector, exposition
+from app.kit.metrics import exposition
 from app.kit.resilience import CircuitOpen, ResiliencePolicy, ResilientClient, ServiceUnavailable
 from app.models import Role
 from app.settings import Settings
