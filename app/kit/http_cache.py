@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import hashlib
 
-import orjson
 from fastapi import Request
 from fastapi.responses import Response
-from pydantic import BaseModel
 
 PUBLIC_SHORT = "public, max-age=60"
 # Public but changes with every booking: clients and proxies revalidate (cheap 304s).
@@ -26,15 +24,6 @@ def _matches(if_none_match: str | None, etag: str) -> bool:
     # If-None-Match uses the weak comparison: W/"x" matches "x".
     candidates = {tag.strip().removeprefix("W/") for tag in if_none_match.split(",")}
     return etag in candidates
-
-
-def conditional_json(
-    request: Request, model: BaseModel, *, cache_control: str = PUBLIC_SHORT
-) -> Response:
-    """The model as JSON with a strong ETag, or 304 when the client already holds it."""
-    return conditional_bytes(
-        request, orjson.dumps(model.model_dump(mode="json")), cache_control=cache_control
-    )
 
 
 def conditional_bytes(

@@ -127,9 +127,6 @@ _DEAD_LETTERS = text(
     "SELECT count(*) FROM outbox WHERE processed_at IS NULL AND attempts >= :max_attempts"
 )
 _DELETE_PROCESSED = text("DELETE FROM outbox WHERE processed_at < :cutoff")
-_BACKLOG = text(
-    "SELECT count(*) AS backlog, min(created_at) AS oldest FROM outbox WHERE processed_at IS NULL"
-)
 # For /metrics: each part is read through one of the two partial indexes (unpublished by id,
 # published-but-unprocessed by published_at), so the query stays cheap with a large backlog.
 _LOCAL_TIMEOUT = text("SELECT set_config('statement_timeout', :ms, true)")
@@ -205,10 +202,6 @@ async def count_dead_letters(session: AsyncSession, max_attempts: int) -> int:
 async def delete_processed(session: AsyncSession, older_than: datetime) -> int:
     result = await session.execute(_DELETE_PROCESSED, {"cutoff": older_than})
     return int(getattr(result, "rowcount", 0) or 0)
-
-
-async def backlog(session: AsyncSession) -> AnyRow:
-    return (await session.execute(_BACKLOG)).one()
 
 
 async def pending_stats(session: AsyncSession, *, timeout_ms: int) -> AnyRow:
