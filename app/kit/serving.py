@@ -26,6 +26,7 @@ import sys
 from typing import Any, cast
 
 import uvicorn
+from uvicorn.config import STARTUP_FAILURE
 from uvicorn.supervisors import Multiprocess
 
 logger = logging.getLogger("uvicorn.error")
@@ -80,7 +81,7 @@ def run(app: str, *, host: str, port: int, workers: int, **options: Any) -> None
         reservation = _bound(host, port)
     except OSError as exc:
         logger.error(exc)
-        sys.exit(3)  # uvicorn's STARTUP_FAILURE, as when it cannot bind
+        sys.exit(STARTUP_FAILURE)  # as uvicorn exits when it cannot bind
     with reservation:
         bound_port = reservation.getsockname()[1]
         logger.info(

@@ -5,14 +5,14 @@ replaced by one with its own socket, and a port in use fails the start at once."
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import Iterator
+from contextlib import AsyncExitStack, contextmanager
 from pathlib import Path
 
 import httpx
@@ -23,6 +23,7 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
 from app.kit import serving
+from tests.fixtures.worker import wait_for
 
 REPO = Path(__file__).resolve().parents[3]
 DEADLINE_SECONDS = 60.0
@@ -57,14 +58,6 @@ def _listeners(port: int) -> int:
         )
 
 
-def _until(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + DEADLINE_SECONDS
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {DEADLINE_SECONDS} s: {what}")
-        time.sleep(0.05)
-
-
 @contextmanager
 def _serving(port: int, workers: int) -> Iterator[subprocess.Popen[bytes]]:
     process = subprocess.Popen(
@@ -97,40 +90,53 @@ def _serving(port: int, workers: int) -> Iterator[subprocess.Popen[bytes]]:
                 process.wait()
 
 
-def _pids_over(port: int, connections: int) -> set[str]:
+async def _pids_over(port: int, connections: int) -> set[str]:
     """The workers that answered on `connections` connections open at the same time (none
     while a connection fails: a worker just killed took it)."""
-    with ExitStack() as stack:
+    async with AsyncExitStack() as stack:
         clients = [
-            stack.enter_context(
-                httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10.0, trust_env=False)
+            await stack.enter_async_context(
+                httpx.AsyncClient(
+                    base_url=f"http://127.0.0.1:{port}", timeout=DEADLINE_SECONDS, trust_env=False
+                )
             )
             for _ in range(connections)
         ]
         try:
-            return {client.get("/").text for client in clients}
+            answers = await asyncio.gather(*(client.get("/") for client in clients))
         except httpx.TransportError:
             return set()
+        return {answer.text for answer in answers}
 
 
-def test_every_worker_listens_on_its_own_socket_and_takes_connections() -> None:
+async def _listening(port: int, count: int) -> None:
+    async def listening() -> bool:
+        return _listeners(port) == count
+
+    await wait_for(listening, within=DEADLINE_SECONDS, what=f"{count} listening sockets")
+
+
+async def test_every_worker_listens_on_its_own_socket_and_takes_connections() -> None:
     port = _free_port()
     with _serving(port, workers=2):
-        _until(lambda: _listeners(port) == 2, "two listening sockets")
+        await _listening(port, 2)
         # New connections are spread by a hash of their addresses: over 64 of them, both
         # workers answer (the odds of one taking all are 2 in 2^64).
-        assert len(_pids_over(port, 64)) == 2
+        assert len(await _pids_over(port, 64)) == 2
 
 
-def test_a_worker_that_dies_is_replaced_by_one_with_its_own_socket() -> None:
+async def test_a_worker_that_dies_is_replaced_by_one_with_its_own_socket() -> None:
     port = _free_port()
     with _serving(port, workers=2):
-        _until(lambda: _listeners(port) == 2, "two listening sockets")
-        first = _pids_over(port, 64)
+        await _listening(port, 2)
+        first = await _pids_over(port, 64)
         os.kill(int(next(iter(first))), signal.SIGKILL)
-        _until(
-            lambda: _listeners(port) == 2 and len(_pids_over(port, 64) - first) == 1,
-            "a new worker listening beside the one left",
+
+        async def replaced() -> bool:
+            return _listeners(port) == 2 and len(await _pids_over(port, 64) - first) == 1
+
+        await wait_for(
+            replaced, within=DEADLINE_SECONDS, what="a new worker listening beside the one left"
         )
 
 
