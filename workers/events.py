@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from app.analytics import tasks as analytics_tasks
+from app.appointments import events as appointment_events
 from app.kit import outbox, telemetry
 from app.kit.cache import INVALIDATING_TOPICS, Cache
 from app.kit.db import Database
@@ -41,9 +42,9 @@ async def invalidate_cache(ctx: dict[str, Any], event: Event) -> None:
 # so an event handled twice plans nothing twice, and one slow third party delays no other effect.
 HANDLERS: list[tuple[tuple[str, ...], Handler]] = [
     (INVALIDATING_TOPICS, invalidate_cache),
-    (notification_tasks.APPOINTMENT_TOPICS, notification_tasks.plan_appointment_messages),
-    (video_tasks.APPOINTMENT_TOPICS, video_tasks.plan_video),
-    (analytics_tasks.APPOINTMENT_TOPICS, analytics_tasks.refresh_clinic_stats),
+    (appointment_events.VISIT_CHANGES, notification_tasks.plan_appointment_messages),
+    (appointment_events.VISIT_CHANGES, video_tasks.plan_video),
+    (appointment_events.COUNTED, analytics_tasks.refresh_clinic_stats),
 ]
 
 

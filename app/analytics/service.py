@@ -16,7 +16,7 @@ from app.analytics import repository
 from app.analytics.schemas import CSV_COLUMNS, ClinicFigures
 from app.auth.dependencies import Principal
 from app.kit.errors import Forbidden, RangeTooLarge, ValidationFailed
-from app.kit.pagination import PageParams, build_page, decode_cursor, parse_uuid
+from app.kit.pagination import PageParams, build_page, parse_uuid
 from app.models import Role
 
 # `from` and `to` are inclusive: at most 366 local dates (a leap year) in one report.
@@ -91,10 +91,7 @@ async def clinic_page(
     page: PageParams,
 ) -> tuple[list[ClinicFigures], str | None]:
     """One keyset page of the report, ordered by clinic name (then id)."""
-    after: tuple[str, uuid.UUID] | None = None
-    if page.cursor is not None:
-        name, clinic_id = decode_cursor(page.cursor, (_parse_name, parse_uuid))
-        after = (name, clinic_id)
+    after = page.position(_parse_name, parse_uuid)
     rows = await _figures(session, timeout_ms, principal, report, after=after, limit=page.limit + 1)
     return build_page(rows, page.limit, lambda item: (item.clinic_name, item.clinic_id))
 

@@ -21,15 +21,6 @@ from app.settings import Settings
 
 logger = logging.getLogger("carebook.analytics")
 
-# Every event that can change a figure; `appointment.checked_in` changes none (a checked-in
-# visit counts in `booked` only, as a booked one does).
-APPOINTMENT_TOPICS = (
-    "appointment.booked",
-    "appointment.cancelled",
-    "appointment.completed",
-    "appointment.no_show",
-    "appointment.rescheduled",
-)
 # The whole history, a month per transaction: ~30 s at 10 M appointments.
 REBUILD_TIMEOUT_SECONDS = 1800
 

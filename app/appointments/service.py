@@ -2,14 +2,16 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.appointments import repository
+from app.appointments import events, repository
+from app.appointments.errors import InvalidTransition, NotASlot, SlotUnavailable
+from app.appointments.events import Topic
 from app.appointments.repository import Visibility
 from app.appointments.schemas import (
     AppointmentOut,
@@ -24,22 +26,15 @@ from app.appointments.schemas import (
     RangeCancelIn,
     RangeCancelOut,
 )
-from app.auth import service as auth_service
+from app.auth.access import require_own_clinic
 from app.auth.dependencies import Principal
-from app.availability import repository as availability_repository
-from app.availability.service import BookingRules
+from app.availability import service as availability_service
+from app.availability.rules import BookingRules
+from app.availability.service import SlotRefusal
 from app.kit import audit, outbox, sql
 from app.kit.db import AnyRow, violated_constraint
-from app.kit.errors import (
-    Forbidden,
-    InvalidTransition,
-    NotASlot,
-    NotFound,
-    RangeTooLarge,
-    SlotUnavailable,
-    ValidationFailed,
-)
-from app.kit.pagination import PageParams, build_page, decode_cursor, parse_datetime, parse_uuid
+from app.kit.errors import Forbidden, NotFound, RangeTooLarge, ValidationFailed
+from app.kit.pagination import PageParams, build_page, parse_datetime, parse_uuid
 from app.kit.schemas import to_local_iso
 from app.models import Appointment, AppointmentStatus, Provider, Role
 from app.models.base import new_id
@@ -50,12 +45,6 @@ ALLOWED_FROM: dict[AppointmentStatus, tuple[AppointmentStatus, ...]] = {
     AppointmentStatus.COMPLETED: (AppointmentStatus.BOOKED, AppointmentStatus.CHECKED_IN),
     AppointmentStatus.CANCELLED: (AppointmentStatus.BOOKED,),
     AppointmentStatus.NO_SHOW: (AppointmentStatus.BOOKED, AppointmentStatus.CHECKED_IN),
-}
-TOPICS = {
-    AppointmentStatus.CHECKED_IN: "appointment.checked_in",
-    AppointmentStatus.COMPLETED: "appointment.completed",
-    AppointmentStatus.CANCELLED: "appointment.cancelled",
-    AppointmentStatus.NO_SHOW: "appointment.no_show",
 }
 # Who may act on an appointment they can see; patients only cancel and reschedule their own.
 STAFF_SIDE = frozenset({Role.PROVIDER, Role.STAFF, Role.ADMIN})
@@ -97,48 +86,6 @@ def _out(row: AnyRow, **changes: Any) -> AppointmentOut:
     )
 
 
-def _utc_iso(value: datetime) -> str:
-    return value.astimezone(UTC).isoformat()
-
-
-def _event(appointment: Appointment | AnyRow, **extra: Any) -> dict[str, Any]:
-    """An appointment event's payload; its times let subscribers act on the dates it touches
-    (`extra` overrides them where the event moved the appointment), and its provider's
-    `timezone`, where the caller has it in hand, the local dates those are: without it the
-    cache bumps a day either side of each."""
-    return _event_of(
-        appointment.id,
-        appointment.provider_id,
-        appointment.patient_id,
-        appointment.clinic_id,
-        appointment.starts_at,
-        appointment.ends_at,
-        **extra,
-    )
-
-
-def _event_of(
-    appointment_id: uuid.UUID,
-    provider_id: uuid.UUID,
-    patient_id: uuid.UUID,
-    clinic_id: uuid.UUID,
-    starts_at: datetime,
-    ends_at: datetime,
-    /,
-    **extra: Any,
-) -> dict[str, Any]:
-    """`_event` from the values themselves (an appointment not written yet)."""
-    return {
-        "appointment_id": str(appointment_id),
-        "provider_id": str(provider_id),
-        "patient_id": str(patient_id),
-        "clinic_id": str(clinic_id),
-        "starts_at": _utc_iso(starts_at),
-        "ends_at": _utc_iso(ends_at),
-        **extra,
-    }
-
-
 def _visibility(principal: Principal) -> Visibility:
     return Visibility(role=principal.role, user_id=principal.user_id)
 
@@ -163,25 +110,14 @@ async def _checked_slot(
     ignore_appointment_id: uuid.UUID | None = None,
 ) -> tuple[datetime, datetime]:
     """The slot at `start` if it is on the grid, bookable and free; else the matching error."""
-    local_day = start.astimezone(ZoneInfo(timezone)).date()
-    state = await availability_repository.slot_state(
-        session,
-        provider_id,
-        start,
-        rules.window(local_day, local_day),
-        ignore_appointment_id=ignore_appointment_id,
+    slot = await availability_service.check_slot(
+        session, rules, provider_id, timezone, start, ignore_appointment_id=ignore_appointment_id
     )
-    if state is None:
-        raise NotASlot("This time is not on the provider's slot grid.")
-    if not state.bookable_time:
-        raise NotASlot("This slot is in the past, too soon, or beyond the booking horizon.")
-    if state.time_off:
-        raise NotASlot("The provider is away at this time.")
-    if state.taken:
-        raise SlotUnavailable("This slot has just been taken; pick another one.")
-    starts_at: datetime = state.starts_at
-    ends_at: datetime = state.ends_at
-    return starts_at, ends_at
+    if slot is SlotRefusal.TAKEN:
+        raise SlotUnavailable(slot.value)
+    if isinstance(slot, SlotRefusal):
+        raise NotASlot(slot.value)
+    return slot
 
 
 def _overlap_error(exc: IntegrityError) -> SlotUnavailable:
@@ -205,18 +141,8 @@ async def _lock_provider(
     provider = await repository.lock_provider(session, provider_id, active_only=active_only)
     if provider is None:
         raise NotFound("No such provider.")
-    await _own_clinic_only(session, principal, provider.clinic_id, action)
+    require_own_clinic(principal, provider.clinic_id, action)
     return provider
-
-
-async def _own_clinic_only(
-    session: AsyncSession, principal: Principal, clinic_id: uuid.UUID, action: str
-) -> None:
-    if (
-        principal.role is Role.STAFF
-        and await auth_service.staff_clinic_id(session, principal) != clinic_id
-    ):
-        raise Forbidden(f"Staff {action} at their own clinic only.")
 
 
 async def _patient_for(session: AsyncSession, principal: Principal, data: BookIn) -> uuid.UUID:
@@ -263,14 +189,14 @@ async def book(
     locked = await repository.lock_for_booking(session, data.provider_id, patient_id)
     if locked is None:
         raise NotFound("No such provider.")
-    await _own_clinic_only(session, principal, locked.clinic_id, "book appointments")
+    require_own_clinic(principal, locked.clinic_id, "book appointments")
     if locked.patient_key is None:
         raise ValidationFailed("patient_id does not name a patient", loc=("body", "patient_id"))
     starts_at, ends_at = await _checked_slot(
         session, rules, data.provider_id, locked.tz, data.start
     )
     appointment_id = new_id()
-    booked = _event_of(
+    booked = events.payload(
         appointment_id,
         data.provider_id,
         patient_id,
@@ -290,12 +216,12 @@ async def book(
             clinic_id=locked.clinic_id,
             starts_at=starts_at,
             ends_at=ends_at,
-            events=[("appointment.booked", booked)],
+            events=[(Topic.BOOKED, booked)],
         )
     except IntegrityError as exc:
         # The exclusion constraints are the backstop; the lock makes this rare.
         raise _overlap_error(exc) from exc
-    await _audit(session, principal, "appointment.booked", [row.id])
+    await _audit(session, principal, Topic.BOOKED, [row.id])
     # The response from the rows in hand: the insert's RETURNING and the lock's read.
     return _item(
         row.id,
@@ -387,10 +313,7 @@ async def list_appointments(
     order: Order,
 ) -> tuple[list[dict[str, Any]], str | None]:
     """A page of AppointmentOut-shaped dicts (for `page_response`) and the next cursor."""
-    after = None
-    if params.cursor is not None:
-        starts_at, appointment_id = decode_cursor(params.cursor, (parse_datetime, parse_uuid))
-        after = (starts_at, appointment_id)
+    after = params.position(parse_datetime, parse_uuid)
     rows = await repository.list_views(
         executor,
         _visibility(principal),
@@ -421,7 +344,7 @@ async def change_status(
     row = await repository.get_listed(session, appointment_id, _visibility(principal))
     if row is None:
         raise NotFound("No such appointment.")  # also when it is not the caller's to see
-    event = _event(
+    event = events.payload_of(
         row, status=to.value, by=str(principal.user_id), reason=reason, timezone=row.timezone
     )
     changed = await repository.transition(
@@ -430,11 +353,11 @@ async def change_status(
         allowed_from=ALLOWED_FROM[to],
         to=to,
         cancel_reason=reason,
-        events=[(TOPICS[to], event)],
+        events=[(events.STATUS_TOPICS[to], event)],
     )
     if changed is None:
         raise InvalidTransition(f"An appointment that is {row.status} cannot become {to.value}.")
-    await _audit(session, principal, TOPICS[to], [appointment_id], _why(reason))
+    await _audit(session, principal, events.STATUS_TOPICS[to], [appointment_id], _why(reason))
     item = _listed(row)
     item.update(
         status=changed.status, cancel_reason=changed.cancel_reason, updated_at=changed.updated_at
@@ -473,22 +396,22 @@ async def reschedule(
         raise InvalidTransition("The appointment changed meanwhile and can no longer be moved.")
     await outbox.emit(
         session,
-        "appointment.rescheduled",
-        _event(
+        Topic.RESCHEDULED,
+        events.payload_of(
             appointment,
             by=str(principal.user_id),
             old_starts_at=old_start.isoformat(),
-            starts_at=_utc_iso(starts_at),
-            ends_at=_utc_iso(ends_at),
-            previous_starts_at=_utc_iso(old_start),
-            previous_ends_at=_utc_iso(appointment.ends_at),
+            starts_at=events.utc_iso(starts_at),
+            ends_at=events.utc_iso(ends_at),
+            previous_starts_at=events.utc_iso(old_start),
+            previous_ends_at=events.utc_iso(appointment.ends_at),
             timezone=provider.timezone,
         ),
     )
     await _audit(
         session,
         principal,
-        "appointment.rescheduled",
+        Topic.RESCHEDULED,
         [appointment.id],
         {"from": old_start.isoformat(), "to": starts_at.isoformat()},
     )
@@ -530,12 +453,19 @@ async def bulk(session: AsyncSession, principal: Principal, data: BulkIn) -> Bul
     await outbox.emit_many(
         session,
         [
-            (TOPICS[to], _event(row, status=to.value, by=str(principal.user_id), reason=reason))
+            (
+                events.STATUS_TOPICS[to],
+                events.payload_of(row, status=to.value, by=str(principal.user_id), reason=reason),
+            )
             for row in changed
         ],
     )
     await _audit(
-        session, principal, TOPICS[to], [row.id for row in changed], {"bulk": True, **_why(reason)}
+        session,
+        principal,
+        events.STATUS_TOPICS[to],
+        [row.id for row in changed],
+        {"bulk": True, **_why(reason)},
     )
     outcome = {row.id: row for row in rows}
     return BulkOut(results=[_bulk_result(outcome[i]) for i in data.ids])
@@ -569,8 +499,8 @@ async def cancel_range(
         session,
         [
             (
-                TOPICS[AppointmentStatus.CANCELLED],
-                _event(row, status="cancelled", by=by, reason=data.reason),
+                events.STATUS_TOPICS[AppointmentStatus.CANCELLED],
+                events.payload_of(row, status="cancelled", by=by, reason=data.reason),
             )
             for row in rows
         ],
@@ -578,7 +508,7 @@ async def cancel_range(
     await _audit(
         session,
         principal,
-        TOPICS[AppointmentStatus.CANCELLED],
+        events.STATUS_TOPICS[AppointmentStatus.CANCELLED],
         [row.id for row in rows],
         {"range": [data.from_.isoformat(), data.to.isoformat()], **_why(data.reason)},
     )

@@ -7,7 +7,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.audit import repository
 from app.audit.schemas import AuditEntryOut
 from app.kit.errors import ValidationFailed
-from app.kit.pagination import PageParams, build_page, decode_cursor
+from app.kit.pagination import PageParams, build_page
 
 
 def _position(value: object) -> int:
@@ -27,9 +27,8 @@ async def list_entries(
     if entity_id is not None and entity is None:
         # An id means nothing without its kind, and no index serves it alone.
         raise ValidationFailed("`entity_id` needs `entity`", loc=("query", "entity"))
-    before_id = None
-    if params.cursor is not None:
-        (before_id,) = decode_cursor(params.cursor, (_position,))
+    position = params.position(_position)
+    before_id = position[0] if position is not None else None
     rows = await repository.page(
         session,
         entity=entity,

@@ -8,9 +8,10 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from app.auth.errors import Unauthorized
 from app.auth.principals import Principal as Principal  # where every domain imports it from
 from app.auth.principals import PrincipalCache
-from app.kit.errors import Forbidden, Unauthorized
+from app.kit.errors import Forbidden
 from app.kit.logging import user_id_var
 from app.kit.rate_limit import Limiter
 from app.kit.security import InvalidToken, Passwords, Tokens

@@ -9,12 +9,16 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from app.kit.db import AnyRow
-from app.models import RefreshToken, User
+from app.models import Clinic, RefreshToken, User
 
 # Built once: it runs on every principal-cache miss.
 _USER_STATE = select(User.role, User.is_active, User.clinic_id).where(
     User.id == bindparam("user_id")
 )
+
+
+async def clinic_exists(session: AsyncSession, clinic_id: uuid.UUID) -> bool:
+    return await session.get(Clinic, clinic_id) is not None
 
 
 async def get_user(session: AsyncSession, user_id: uuid.UUID) -> User | None:

@@ -9,18 +9,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth import repository
 from app.auth.dependencies import Principal
+from app.auth.errors import EmailTaken, InvalidCredentials, TokenReused, Unauthorized
 from app.auth.principals import USER_CHANGED, USER_DELETED
 from app.auth.schemas import CreateUserIn, RegisterIn, TokenIn, TokenPair
-from app.catalog import repository as catalog_repository
 from app.kit import outbox
-from app.kit.errors import (
-    EmailTaken,
-    InvalidCredentials,
-    NotFound,
-    TokenReused,
-    Unauthorized,
-    ValidationFailed,
-)
+from app.kit.errors import NotFound, ValidationFailed
 from app.kit.security import Passwords, Tokens, hash_refresh_secret, new_refresh_secret
 from app.models import Role, User
 
@@ -37,7 +30,7 @@ async def create_account(
 ) -> User:
     if role is Role.STAFF and clinic_id is None:
         raise ValidationFailed("clinic_id is required for staff", loc=("body", "clinic_id"))
-    if clinic_id is not None and await catalog_repository.get_clinic(session, clinic_id) is None:
+    if clinic_id is not None and not await repository.clinic_exists(session, clinic_id):
         raise ValidationFailed("clinic_id does not name a clinic", loc=("body", "clinic_id"))
     user = await repository.insert_user(
         session,
@@ -142,14 +135,6 @@ async def me(session: AsyncSession, principal: Principal) -> User:
     return user
 
 
-async def staff_clinic_id(session: AsyncSession, principal: Principal) -> uuid.UUID | None:
-    """The clinic a staff member works for (None for every other role).
-
-    The principal already carries it, read with the user's role at authentication; `session`
-    stays in the signature for the callers that pass it."""
-    return principal.clinic_id if principal.role is Role.STAFF else None
-
-
 class _Keep(enum.Enum):
     KEEP = enum.auto()
 
@@ -176,10 +161,7 @@ async def change_user(
     if is_active is not None:
         values["is_active"] = is_active
     if clinic_id is not KEEP:
-        if (
-            clinic_id is not None
-            and await catalog_repository.get_clinic(session, clinic_id) is None
-        ):
+        if clinic_id is not None and not await repository.clinic_exists(session, clinic_id):
             raise ValidationFailed("clinic_id does not name a clinic", loc=("body", "clinic_id"))
         values["clinic_id"] = clinic_id
     staff = values.get("role", user.role) == Role.STAFF.value

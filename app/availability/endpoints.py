@@ -4,25 +4,18 @@ import uuid
 from datetime import date
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
 from app.availability import service
+from app.availability.rules import Rules
 from app.availability.schemas import AvailabilitySearch, ProviderAvailability
-from app.availability.service import BookingRules
 from app.kit.cache import CacheDep
 from app.kit.db import DatabaseDep
 from app.kit.http_cache import PUBLIC_REVALIDATE, conditional_with_etag
 from app.kit.pagination import Pagination
 
 router = APIRouter(tags=["availability"])
-
-
-async def booking_rules(request: Request) -> BookingRules:
-    return BookingRules.from_settings(request.app.state.settings)
-
-
-Rules = Annotated[BookingRules, Depends(booking_rules)]
 
 
 # Availability reads the primary: a replica's lag would offer a slot that was just taken.

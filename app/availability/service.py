@@ -1,24 +1,24 @@
 from __future__ import annotations
 
+import enum
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import date, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import orjson
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.availability import repository
-from app.availability.repository import Window
+from app.availability.rules import BookingRules
 from app.availability.schemas import ProviderAvailability, Slot
 from app.kit import sql
 from app.kit.cache import Cache, Scope, availability_day_scopes, availability_scope
 from app.kit.db import AnyRow, Database
 from app.kit.errors import NotFound, RangeTooLarge, ValidationFailed
 from app.kit.http_cache import with_etag
-from app.kit.pagination import PageParams, build_page, decode_cursor, parse_uuid
+from app.kit.pagination import PageParams, build_page, parse_uuid
 from app.kit.schemas import to_local_iso
-from app.settings import Settings
 
 MAX_RANGE_DAYS = 30  # `to - from`, so 31 dates
 MAX_SEARCH_DAYS = 7
@@ -28,60 +28,46 @@ AVAILABILITY_TTL_SECONDS = 120
 AVAILABILITY_CACHE = "availability"
 
 
-@dataclass(frozen=True)
-class BookingRules:
-    min_notice: timedelta
-    horizon: timedelta
+class SlotRefusal(enum.Enum):
+    """Why a start cannot be booked; each value is the sentence the client is told."""
 
-    @classmethod
-    def from_settings(cls, settings: Settings) -> BookingRules:
-        return cls(
-            min_notice=timedelta(minutes=settings.min_notice_minutes),
-            horizon=timedelta(days=settings.booking_horizon_days),
-        )
-
-    @staticmethod
-    def now() -> datetime:
-        """The current minute, rounded up: availability is computed per whole minute, so a
-        cached window equals a fresh one for that minute and never offers a slot inside the
-        minimum notice."""
-        current = datetime.now(UTC)
-        floor = current.replace(second=0, microsecond=0)
-        return floor if floor == current else floor + timedelta(minutes=1)
-
-    def clock_key(self, from_date: date, to_date: date, now: datetime) -> str:
-        """The part of a window's cache key that the clock decides. A window whose every
-        possible slot lies after the minimum notice and before the horizon is the same at any
-        minute, so its key does not roll over with the clock (a cached window of next week stays
-        a hit for its whole TTL); only a window the notice or the horizon cuts keys by minute."""
-        clipped = self.window(from_date, to_date, now)
-        if (clipped.from_date, clipped.to_date) != (from_date, to_date):
-            return f"{now:%Y%m%d%H%M}"  # far outside the bookable window (and safe to add to)
-        opens = datetime.combine(from_date, time(0), UTC) - _DATE_MARGIN
-        closes = datetime.combine(to_date + _ONE_DAY, time(0), UTC) + _DATE_MARGIN
-        if now + self.min_notice <= opens and now + self.horizon >= closes:
-            return "open"
-        return f"{now:%Y%m%d%H%M}"
-
-    def window(self, from_date: date, to_date: date, now: datetime | None = None) -> Window:
-        now = now or self.now()
-        earliest, latest = now + self.min_notice, now + self.horizon
-        # Dates outside the bookable window hold no slot, so they are clipped to it (with a day
-        # or two to spare for the provider's offset from UTC). That also keeps extreme dates out
-        # of the SQL date arithmetic: asyncpg sends 0001-01-01 and 9999-12-31 as -infinity and
-        # infinity, which PostgreSQL refuses to subtract from.
-        # A range wholly outside ends up empty (`to` the day before `from`), never extreme.
-        first, last = (earliest - _DATE_MARGIN).date(), (latest + _DATE_MARGIN).date()
-        return Window(
-            from_date=min(max(from_date, first), last + _ONE_DAY),
-            to_date=max(min(to_date, last), first - _ONE_DAY),
-            earliest=earliest,
-            latest=latest,
-        )
+    OFF_GRID = "This time is not on the provider's slot grid."
+    OUTSIDE_WINDOW = "This slot is in the past, too soon, or beyond the booking horizon."
+    TIME_OFF = "The provider is away at this time."
+    TAKEN = "This slot has just been taken; pick another one."
 
 
-_DATE_MARGIN = timedelta(days=2)
-_ONE_DAY = timedelta(days=1)
+async def check_slot(
+    session: AsyncSession,
+    rules: BookingRules,
+    provider_id: uuid.UUID,
+    timezone: str,
+    start: datetime,
+    *,
+    ignore_appointment_id: uuid.UUID | None = None,
+) -> tuple[datetime, datetime] | SlotRefusal:
+    """The slot at `start` (its start and end) if it is on the provider's grid, bookable and
+    free, not counting the appointment `ignore_appointment_id` (one being moved); else why not.
+    One statement, on the caller's session: booking calls it under the provider's lock."""
+    local_day = start.astimezone(ZoneInfo(timezone)).date()
+    state = await repository.slot_state(
+        session,
+        provider_id,
+        start,
+        rules.window(local_day, local_day),
+        ignore_appointment_id=ignore_appointment_id,
+    )
+    if state is None:
+        return SlotRefusal.OFF_GRID
+    if not state.bookable_time:
+        return SlotRefusal.OUTSIDE_WINDOW
+    if state.time_off:
+        return SlotRefusal.TIME_OFF
+    if state.taken:
+        return SlotRefusal.TAKEN
+    starts_at: datetime = state.starts_at
+    ends_at: datetime = state.ends_at
+    return starts_at, ends_at
 
 
 def _check_range(from_date: date, to_date: date) -> None:
@@ -208,10 +194,7 @@ async def search(
         raise ValidationFailed("`days` must be at least 1", loc=("query", "days"))
     if days > MAX_SEARCH_DAYS:
         raise RangeTooLarge(f"`days` must be between 1 and {MAX_SEARCH_DAYS}.")
-    after = None
-    if params.cursor is not None:
-        name, provider_id = decode_cursor(params.cursor, (str, parse_uuid))
-        after = (name, provider_id)
+    after = params.position(str, parse_uuid)
     rows = await repository.search(
         executor,
         # `min`: a start days before the end of the calendar would overflow, and has no slots.

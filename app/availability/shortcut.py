@@ -19,7 +19,8 @@ from datetime import date
 from starlette.responses import Response
 from starlette.types import Scope
 
-from app.availability.service import BookingRules, cached_availability_json
+from app.availability.rules import BookingRules
+from app.availability.service import cached_availability_json
 from app.kit import telemetry
 from app.kit.cache import Cache
 from app.kit.errors import RangeTooLarge, ValidationFailed

@@ -9,6 +9,7 @@ from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth import service as auth_service
+from app.auth.access import require_own_clinic
 from app.auth.dependencies import Principal
 from app.catalog import repository
 from app.catalog.schemas import (
@@ -24,18 +25,10 @@ from app.catalog.schemas import (
 from app.kit import outbox, sql
 from app.kit.cache import Cache, Scope
 from app.kit.db import AnyRow
-from app.kit.errors import Forbidden, NotFound, ValidationFailed
-from app.kit.pagination import PageParams, build_page, decode_cursor, parse_uuid
+from app.kit.errors import NotFound, ValidationFailed
+from app.kit.pagination import PageParams, build_page, parse_uuid
 from app.kit.security import Passwords
 from app.models import Provider, Role
-
-
-def _name_cursor(params: PageParams) -> tuple[str, uuid.UUID] | None:
-    if params.cursor is None:
-        return None
-    name, row_id = decode_cursor(params.cursor, (str, parse_uuid))
-    return name, row_id
-
 
 CATALOG_TTL_SECONDS = 300
 
@@ -64,7 +57,9 @@ async def create_clinic(session: AsyncSession, data: ClinicIn) -> ClinicOut:
 async def list_clinics(
     session: AsyncSession, params: PageParams
 ) -> tuple[list[ClinicOut], str | None]:
-    rows = await repository.list_clinics(session, after=_name_cursor(params), limit=params.limit)
+    rows = await repository.list_clinics(
+        session, after=params.position(str, parse_uuid), limit=params.limit
+    )
     items, cursor = build_page(rows, params.limit, lambda c: (c.name, c.id))
     return [ClinicOut.model_validate(c) for c in items], cursor
 
@@ -73,7 +68,7 @@ async def list_specialties(
     session: AsyncSession, params: PageParams
 ) -> tuple[list[SpecialtyOut], str | None]:
     rows = await repository.list_specialties(
-        session, after=_name_cursor(params), limit=params.limit
+        session, after=params.position(str, parse_uuid), limit=params.limit
     )
     items, cursor = build_page(rows, params.limit, lambda s: (s.name, s.id))
     return [SpecialtyOut.model_validate(s) for s in items], cursor
@@ -82,11 +77,7 @@ async def list_specialties(
 async def create_provider(
     session: AsyncSession, passwords: Passwords, principal: Principal, data: ProviderIn
 ) -> ProviderCreated:
-    if (
-        principal.role is Role.STAFF
-        and await auth_service.staff_clinic_id(session, principal) != data.clinic_id
-    ):
-        raise Forbidden("Staff may add providers to their own clinic only.")
+    require_own_clinic(principal, data.clinic_id, "add providers")
     if await repository.get_clinic(session, data.clinic_id) is None:
         raise ValidationFailed("clinic_id does not name a clinic", loc=("body", "clinic_id"))
     user = await auth_service.create_account(
@@ -150,11 +141,18 @@ async def list_providers(
         specialty=specialty,
         clinic_id=clinic_id,
         q=q,
-        after=_name_cursor(params),
+        after=params.position(str, parse_uuid),
         limit=params.limit,
     )
     items, cursor = build_page(rows, params.limit, lambda r: (r.full_name, r.id))
     return [ProviderSummary(**_summary(r)) for r in items], cursor
+
+
+async def active_provider(session: AsyncSession, provider_id: uuid.UUID) -> Provider:
+    provider = await repository.get_provider(session, provider_id)
+    if provider is None or not provider.is_active:
+        raise NotFound("No such provider.")
+    return provider
 
 
 async def get_profile(executor: sql.Executor, provider_id: uuid.UUID) -> ProviderProfile:

@@ -56,12 +56,14 @@ return {3}
 """
 _CLAIM_FOUND, _CLAIM_LOCKED, _CLAIM_BUSY = 1, 2, 3
 _LOCK_MILLISECONDS = 5000
-# KEYS: the generation, then every version the value depends on (the scope's first).
+# KEYS: the generation, then every version the value depends on (the scope's first); ARGV:
+# the value's key before and after the versions. The key is built here only, and returned with
+# the value (nil on a miss) for the caller that fills it.
 _LOOKUP = """
 local parts = redis.call('MGET', unpack(KEYS))
 for i = 1, #KEYS do parts[i] = parts[i] or '0' end
-local version = table.concat(parts, '.')
-return {version, redis.call('GET', ARGV[1] .. version .. ARGV[2])}
+local key = ARGV[1] .. table.concat(parts, '.') .. ARGV[2]
+return {key, redis.call('GET', key)}
 """
 # KEYS: the versions to bump; ARGV[1]: their lifetime. One command however many scopes a
 # change touches, where a pipeline packed and parsed an INCR and an EXPIRE per scope.
@@ -257,8 +259,7 @@ class Cache:
             self.stats.hit(name)
             return bytes(found[1])
         self.stats.miss(name)
-        version = found[0].decode() if found is not None else None
-        full_key = f"{prefix}{version}{suffix}" if version is not None else None
+        full_key = found[0].decode() if found is not None else None
         return await self._single_flight(
             full_key or f"{prefix}?{suffix}", lambda: self._fill(full_key, compute, ttl_seconds)
         )

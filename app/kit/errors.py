@@ -22,8 +22,6 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from app.kit.metrics import BOOKING_CONFLICTS
-
 logger = logging.getLogger("carebook.errors")
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
@@ -59,26 +57,6 @@ class ValidationFailed(AppError):
         super().__init__(detail, extra={"errors": [{"loc": list(loc), "msg": detail}]})
 
 
-class InvalidCredentials(AppError):
-    status, code, title = 401, "invalid_credentials", "Invalid credentials"
-
-
-class Unauthorized(AppError):
-    status, code, title = 401, "unauthorized", "Authentication required"
-
-    def __init__(self, detail: str | None = None) -> None:
-        super().__init__(detail, headers={"WWW-Authenticate": "Bearer"})
-
-
-class TokenReused(AppError):
-    status, code, title = 401, "token_reused", "Refresh token reused"
-    commits = True
-
-
-class EmailTaken(AppError):
-    status, code, title = 409, "email_taken", "Email already registered"
-
-
 class Forbidden(AppError):
     status, code, title = 403, "forbidden", "Forbidden"
 
@@ -87,32 +65,8 @@ class NotFound(AppError):
     status, code, title = 404, "not_found", "Not found"
 
 
-class SlotUnavailable(AppError):
-    status, code, title = 409, "slot_unavailable", "Slot unavailable"
-
-
-class NotASlot(AppError):
-    status, code, title = 422, "not_a_slot", "Not a bookable slot"
-
-
 class RangeTooLarge(AppError):
     status, code, title = 422, "range_too_large", "Range too large"
-
-
-class InvalidTransition(AppError):
-    status, code, title = 409, "invalid_transition", "Invalid status transition"
-
-
-class IdempotencyKeyMissing(AppError):
-    status, code, title = 400, "idempotency_key_missing", "Idempotency-Key header required"
-
-
-class IdempotencyKeyReused(AppError):
-    status, code, title = 422, "idempotency_key_reused", "Idempotency key reused"
-
-
-class IdempotencyInFlight(AppError):
-    status, code, title = 409, "idempotency_in_flight", "Request with this key in progress"
 
 
 class RateLimited(AppError):
@@ -132,24 +86,6 @@ class ServiceUnavailable(AppError):
 
 class UnsupportedMediaType(AppError):
     status, code, title = 415, "unsupported_media_type", "Unsupported media type"
-
-
-class UrlSignatureInvalid(AppError):
-    """A signed file URL that this server did not sign, or that was changed (0002)."""
-
-    status, code, title = 403, "signature_invalid", "Invalid signed URL"
-
-
-class AlreadyUploaded(AppError):
-    """A record's file exists already: files are written once (0002)."""
-
-    status, code, title = 409, "already_uploaded", "File already uploaded"
-
-
-class UrlExpired(AppError):
-    """A genuine signed file URL whose lifetime is over (0002)."""
-
-    status, code, title = 403, "url_expired", "Signed URL expired"
 
 
 def problem_response(
@@ -192,8 +128,6 @@ def _loc(raw: Sequence[Any]) -> list[str | int]:
 
 async def _app_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, AppError)
-    if exc.code == SlotUnavailable.code:
-        BOOKING_CONFLICTS.inc()
     return problem_response(
         exc.status,
         exc.code,

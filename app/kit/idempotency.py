@@ -37,19 +37,26 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.kit import sql
 from app.kit.db import discard_after_commit
-from app.kit.errors import (
-    AppError,
-    IdempotencyInFlight,
-    IdempotencyKeyMissing,
-    IdempotencyKeyReused,
-    ValidationFailed,
-)
+from app.kit.errors import AppError, ValidationFailed
 from app.kit.metrics import IDEMPOTENT_REPLAYS
 from app.kit.pagination import item_json
 
 KEY_LIFETIME = timedelta(hours=24)
 REPLAY_HEADER = "Idempotent-Replayed"
 _KEY_SHAPE = re.compile(r"^[\x21-\x7e]{1,255}$")  # visible ASCII, as header values allow
+
+
+class IdempotencyKeyMissing(AppError):
+    status, code, title = 400, "idempotency_key_missing", "Idempotency-Key header required"
+
+
+class IdempotencyKeyReused(AppError):
+    status, code, title = 422, "idempotency_key_reused", "Idempotency key reused"
+
+
+class IdempotencyInFlight(AppError):
+    status, code, title = 409, "idempotency_in_flight", "Request with this key in progress"
+
 
 _READ = sql.Statement(
     text(

@@ -22,7 +22,7 @@ from arq.connections import ArqRedis
 from arq.constants import job_key_prefix, result_key_prefix
 
 from app.kit import telemetry
-from app.kit.resilience import CircuitOpen, ServiceUnavailable
+from app.kit.resilience import CircuitOpen, TransientFailure
 from app.settings import Settings
 
 logger = logging.getLogger("carebook.jobs")
@@ -93,7 +93,7 @@ def is_last_try(ctx: dict[str, Any], settings: Settings) -> bool:
     return job_try(ctx) >= settings.job_max_tries
 
 
-def retry_later(ctx: dict[str, Any], settings: Settings, error: ServiceUnavailable) -> Retry:
+def retry_later(ctx: dict[str, Any], settings: Settings, error: TransientFailure) -> Retry:
     """A `Retry` with exponential backoff and jitter; an open breaker is waited out, and a
     service's own `Retry-After` is honoured when it asks for longer."""
     attempt = job_try(ctx)

@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated, Any, Generic, TypeVar
+from typing import Annotated, Any, Generic, TypeVar, overload
 
 import orjson
 from fastapi import Depends, Query
@@ -22,6 +22,8 @@ from pydantic import BaseModel
 from app.kit.errors import ValidationFailed
 
 T = TypeVar("T")
+A = TypeVar("A")
+B = TypeVar("B")
 
 DEFAULT_LIMIT = 20
 MAX_LIMIT = 100
@@ -36,6 +38,21 @@ class Page(BaseModel, Generic[T]):
 class PageParams:
     limit: int
     cursor: str | None
+
+    @overload
+    def position(self, first: Callable[[Any], A], /) -> tuple[A] | None: ...
+
+    @overload
+    def position(
+        self, first: Callable[[Any], A], second: Callable[[Any], B], /
+    ) -> tuple[A, B] | None: ...
+
+    def position(self, *parsers: Callable[[Any], Any]) -> tuple[Any, ...] | None:
+        """The keyset position the cursor names, each value parsed by its parser in turn; None
+        on the first page. A cursor that does not decode to that shape is a 422."""
+        if self.cursor is None:
+            return None
+        return tuple(decode_cursor(self.cursor, parsers))
 
 
 async def page_params(

@@ -63,7 +63,7 @@ class ServiceDisabled(IntegrationError):
     """The service has no base URL configured: nothing was sent."""
 
 
-class ServiceUnavailable(IntegrationError):
+class TransientFailure(IntegrationError):
     """Transient: retries exhausted, breaker open or bulkhead full. Try again later.
 
     `retry_after` is the server's last `Retry-After` hint in seconds, when it gave one.
@@ -74,11 +74,11 @@ class ServiceUnavailable(IntegrationError):
         self.retry_after = retry_after
 
 
-class CircuitOpen(ServiceUnavailable):
+class CircuitOpen(TransientFailure):
     """The breaker is open: the call failed fast without reaching the service."""
 
 
-class BulkheadFull(ServiceUnavailable):
+class BulkheadFull(TransientFailure):
     """Every slot of the service's bulkhead stayed busy for the allowed wait."""
 
 
@@ -96,7 +96,7 @@ class InvalidResponse(IntegrationError):
 
 
 class RetryableStatus(Exception):
-    """A 5xx or 429 answer (internal: retried, then reported as `ServiceUnavailable`)."""
+    """A 5xx or 429 answer (internal: retried, then reported as `TransientFailure`)."""
 
     def __init__(self, status_code: int, retry_after: float | None) -> None:
         super().__init__(f"HTTP {status_code}")
@@ -317,7 +317,7 @@ class ResilientClient:
     ) -> httpx.Response:
         """Send with retries; return a 2xx response, or one whose status is in `accept`.
 
-        Raises `PermanentFailure` (other 4xx, never retried), `ServiceUnavailable` (retries
+        Raises `PermanentFailure` (other 4xx, never retried), `TransientFailure` (retries
         exhausted; `CircuitOpen`/`BulkheadFull` fail fast, without retrying) or `ServiceDisabled`.
         """
         if self._client is None:
@@ -337,13 +337,13 @@ class ResilientClient:
                 with attempt:
                     return await self._attempt(client, method, path, json, headers, accept)
         except RetryableStatus as error:
-            raise ServiceUnavailable(
+            raise TransientFailure(
                 self.service,
                 f"HTTP {error.status_code} after {self.policy.retry_attempts} attempts",
                 retry_after=error.retry_after,
             ) from error
         except RETRYABLE_TRANSPORT_ERRORS as error:
-            raise ServiceUnavailable(
+            raise TransientFailure(
                 self.service,
                 f"{type(error).__name__} after {self.policy.retry_attempts} attempts",
             ) from error

@@ -8,10 +8,11 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.appointments.events import PREFIX, Topic
 from app.auth.dependencies import Principal
 from app.kit.db import AnyRow
 from app.kit.errors import NotFound
-from app.kit.pagination import PageParams, build_page, decode_cursor, parse_datetime, parse_uuid
+from app.kit.pagination import PageParams, build_page, parse_datetime, parse_uuid
 from app.notifications import repository
 from app.notifications.schemas import DeviceIn, DeviceOut, NotificationOut, Platform
 
@@ -54,10 +55,7 @@ def _out(notification: object) -> NotificationOut:
 async def feed(
     session: AsyncSession, principal: Principal, params: PageParams, *, unread_only: bool
 ) -> tuple[list[NotificationOut], str | None]:
-    after = None
-    if params.cursor is not None:
-        created_at, notification_id = decode_cursor(params.cursor, (parse_datetime, parse_uuid))
-        after = (created_at, notification_id)
+    after = params.position(parse_datetime, parse_uuid)
     rows = await repository.feed(
         session, principal.user_id, unread_only=unread_only, after=after, limit=params.limit
     )
@@ -111,16 +109,16 @@ def appointment_message(topic: str, view: AnyRow, starts_at: datetime) -> Messag
     """The patient's message for an appointment event, or None for events they are not told of."""
     with_whom = f"{view.provider_name} ({view.specialty})"
     when = _when(starts_at, view.tz)
-    kind = topic.removeprefix("appointment.")
+    kind = topic.removeprefix(PREFIX)
     match topic:
-        case "appointment.booked":
+        case Topic.BOOKED:
             title, body = "Appointment confirmed", f"Your visit with {with_whom} is on {when}."
-        case "appointment.cancelled":
+        case Topic.CANCELLED:
             title, body = (
                 "Appointment cancelled",
                 f"Your visit with {with_whom} on {when} is cancelled.",
             )
-        case "appointment.rescheduled":
+        case Topic.RESCHEDULED:
             title, body = "Appointment moved", f"Your visit with {with_whom} is now on {when}."
         case _:
             return None
@@ -130,11 +128,11 @@ def appointment_message(topic: str, view: AnyRow, starts_at: datetime) -> Messag
 def provider_message(topic: str, view: AnyRow, starts_at: datetime) -> Message | None:
     """The provider is told when the patient cancels or moves a visit themselves."""
     when = _when(starts_at, view.tz)
-    kind = topic.removeprefix("appointment.")
+    kind = topic.removeprefix(PREFIX)
     match topic:
-        case "appointment.cancelled":
+        case Topic.CANCELLED:
             title, body = "Visit cancelled", f"{view.patient_name} cancelled the visit on {when}."
-        case "appointment.rescheduled":
+        case Topic.RESCHEDULED:
             title, body = "Visit moved", f"{view.patient_name} moved their visit to {when}."
         case _:
             return None

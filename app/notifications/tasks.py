@@ -16,11 +16,12 @@ from typing import Any
 from arq.connections import ArqRedis
 
 from app.appointments import service as appointments
+from app.appointments.events import Topic
 from app.integrations.fcm import Fcm
 from app.kit.db import Database
 from app.kit.jobs import enqueue, is_last_try, retry_later, rotation, unknown_jobs
 from app.kit.outbox import Event
-from app.kit.resilience import PermanentFailure, ServiceUnavailable
+from app.kit.resilience import PermanentFailure, TransientFailure
 from app.models import AppointmentStatus
 from app.notifications import repository, service
 from app.settings import Settings
@@ -29,7 +30,6 @@ logger = logging.getLogger("carebook.notifications")
 
 DELIVER = "deliver_notification"
 SEND_REMINDER = "send_reminder"
-APPOINTMENT_TOPICS = ("appointment.booked", "appointment.cancelled", "appointment.rescheduled")
 CATCH_UP_BATCH = 1000
 # Notices that only ever live in the feed (staff alerts): no push is owed for them.
 IN_APP_ONLY_KINDS = ("video_failed",)
@@ -71,7 +71,7 @@ async def plan_appointment_messages(ctx: dict[str, Any], event: Event) -> None:
         if message is not None and event.payload.get("by") == str(appointment.patient_id):
             ids += await service.notify(session, [appointment.provider_id], message, prefix)
     await deliver_later(ctx["redis"], ids)
-    if event.topic in ("appointment.booked", "appointment.rescheduled"):
+    if event.topic in (Topic.BOOKED, Topic.RESCHEDULED):
         await schedule_reminders(ctx["redis"], ctx["settings"], appointment_id, starts_at)
 
 
@@ -151,7 +151,7 @@ async def deliver_notification(ctx: dict[str, Any], notification_id: str) -> str
                 continue
             if result.remove_token:
                 dead.append(token)
-    except ServiceUnavailable as error:
+    except TransientFailure as error:
         if not is_last_try(ctx, ctx["settings"]):
             raise retry_later(ctx, ctx["settings"], error) from error
         logger.error("push given up after %d tries", ctx.get("job_try", 1))

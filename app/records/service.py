@@ -31,18 +31,16 @@ from app.kit import audit
 from app.kit.cache import Cache
 from app.kit.db import AnyRow
 from app.kit.errors import (
-    AlreadyUploaded,
     Forbidden,
     NotFound,
     PayloadTooLarge,
     UnsupportedMediaType,
-    UrlExpired,
-    UrlSignatureInvalid,
     ValidationFailed,
 )
-from app.kit.pagination import PageParams, build_page, decode_cursor, parse_datetime, parse_uuid
+from app.kit.pagination import PageParams, build_page, parse_datetime, parse_uuid
 from app.models import MedicalRecord, Role, new_id
 from app.records import repository
+from app.records.errors import AlreadyUploaded, UrlExpired, UrlSignatureInvalid
 from app.records.repository import RecordAccess
 from app.records.schemas import RecordIn, RecordOut, RecordWithUrl, UploadOut
 from app.settings import Settings
@@ -155,10 +153,7 @@ async def list_records(
     params: PageParams,
 ) -> tuple[list[dict[str, Any]], str | None]:
     """A page of RecordWithUrl-shaped dicts (for `page_response`) and the next cursor."""
-    after = None
-    if params.cursor is not None:
-        uploaded_at, record_id = decode_cursor(params.cursor, (parse_datetime, parse_uuid))
-        after = (uploaded_at, record_id)
+    after = params.position(parse_datetime, parse_uuid)
     allowed, rows = await repository.page(
         session, _access(principal, patient_id), after=after, limit=params.limit
     )

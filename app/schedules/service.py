@@ -5,9 +5,9 @@ from datetime import UTC, datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.auth import service as auth_service
+from app.auth.access import require_own_clinic
 from app.auth.dependencies import Principal
-from app.catalog import repository as catalog_repository
+from app.catalog import service as catalog_service
 from app.kit import outbox
 from app.kit.errors import Forbidden, NotFound
 from app.models import Provider, Role
@@ -25,15 +25,11 @@ async def managed_provider(
     session: AsyncSession, principal: Principal, provider_id: uuid.UUID
 ) -> Provider:
     """The provider, if the caller is that provider, staff of its clinic, or an admin."""
-    provider = await catalog_repository.get_provider(session, provider_id)
-    if provider is None or not provider.is_active:
-        raise NotFound("No such provider.")
+    provider = await catalog_service.active_provider(session, provider_id)
     if principal.role is Role.ADMIN or principal.user_id == provider.user_id:
         return provider
-    if (
-        principal.role is Role.STAFF
-        and await auth_service.staff_clinic_id(session, principal) == provider.clinic_id
-    ):
+    if principal.role is Role.STAFF:
+        require_own_clinic(principal, provider.clinic_id, "manage schedules")
         return provider
     raise Forbidden("Only the provider, staff of their clinic or an admin may do this.")
 

@@ -23,7 +23,7 @@ from app.kit.resilience import (
     IntegrationError,
     InvalidResponse,
     PermanentFailure,
-    ServiceUnavailable,
+    TransientFailure,
 )
 from app.models import ACTIVE_STATUSES, AppointmentStatus, VideoStatus
 from app.notifications import service as notifications
@@ -33,7 +33,6 @@ from app.video import repository
 logger = logging.getLogger("carebook.video")
 
 SYNC_ROOM = "sync_video_room"
-APPOINTMENT_TOPICS = ("appointment.booked", "appointment.cancelled", "appointment.rescheduled")
 # A pending room younger than this is still in its event's hands; the cron leaves it be.
 RECONCILE_GRACE = timedelta(minutes=2)
 RECONCILE_BATCH = 500
@@ -84,7 +83,7 @@ async def sync_video_room(ctx: dict[str, Any], appointment_id: str) -> str:
         return "ready"
     try:
         room_id = await video.create_room(visit_id)
-    except (ServiceUnavailable, PermanentFailure, InvalidResponse) as error:
+    except (TransientFailure, PermanentFailure, InvalidResponse) as error:
         return await _creation_failed(ctx, visit_id, error)
     async with database.unit_of_work() as session:
         status = await repository.record_room(session, visit_id, room_id)
@@ -98,7 +97,7 @@ async def _delete_room(ctx: dict[str, Any], visit_id: uuid.UUID, room_id: str) -
     video: VideoSdk = ctx["videosdk"]
     try:
         existed = await video.delete_room(room_id)
-    except ServiceUnavailable as error:
+    except TransientFailure as error:
         if not is_last_try(ctx, ctx["settings"]):
             raise retry_later(ctx, ctx["settings"], error) from error
         logger.error("video room not deleted; the retry cron will try again")
@@ -115,7 +114,7 @@ async def _creation_failed(
     ctx: dict[str, Any], visit_id: uuid.UUID, error: IntegrationError
 ) -> str:
     settings: Settings = ctx["settings"]
-    if isinstance(error, ServiceUnavailable) and not is_last_try(ctx, settings):
+    if isinstance(error, TransientFailure) and not is_last_try(ctx, settings):
         raise retry_later(ctx, settings, error) from error
     logger.error(
         "video room creation failed",

@@ -87,3 +87,49 @@ def test_no_module_of_app_is_part_of_an_import_cycle() -> None:
     graph = {name: _imported(name, path, modules) for name, path in modules.items()}
     assert "app.kit.db" in graph["app.kit.outbox"]  # the graph holds the imports it should
     assert list(_cycles(graph)) == []
+
+
+def _package(module: str) -> str:
+    return module.split(".")[1] if "." in module else module
+
+
+def test_no_package_of_app_is_part_of_an_import_cycle() -> None:
+    """Coarser than modules: `auth.service` importing `catalog.repository` while `catalog`
+    imports `auth.service` is no module cycle, but it ties the two domains into one."""
+    modules = _modules()
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        imported = {_package(target) for target in _imported(name, path, modules)}
+        graph.setdefault(_package(name), set()).update(imported - {_package(name)})
+    assert "kit" in graph["appointments"]
+    assert list(_cycles(graph)) == []
+
+
+DOMAINS = {
+    "analytics",
+    "appointments",
+    "audit",
+    "auth",
+    "availability",
+    "catalog",
+    "health",
+    "notifications",
+    "records",
+    "schedules",
+    "video",
+}
+
+
+def test_a_domain_reaches_another_only_through_its_service() -> None:
+    """Another domain's queries and routes are its own business: a domain calls the other's
+    service (or its schemas, errors, events), never its repository or endpoints."""
+    modules = _modules()
+    trespasses = []
+    for name, path in modules.items():
+        if _package(name) not in DOMAINS:
+            continue
+        for target in _imported(name, path, modules):
+            private = target.rpartition(".")[2] in {"repository", "endpoints"}
+            if private and _package(target) != _package(name):
+                trespasses.append(f"{name} -> {target}")
+    assert sorted(trespasses) == []

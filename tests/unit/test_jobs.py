@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from app.kit.jobs import is_last_try, retry_later
-from app.kit.resilience import CircuitOpen, ServiceUnavailable
+from app.kit.resilience import CircuitOpen, TransientFailure
 from app.settings import Settings
 
 
@@ -23,7 +23,7 @@ def settings(**values: Any) -> Settings:
     return Settings.model_validate({**base, **values})
 
 
-def delay_ms(ctx: dict[str, Any], config: Settings, error: ServiceUnavailable) -> int:
+def delay_ms(ctx: dict[str, Any], config: Settings, error: TransientFailure) -> int:
     score = retry_later(ctx, config, error).defer_score
     assert score is not None
     return score
@@ -34,7 +34,7 @@ def test_backoff_is_exponential_capped_and_jittered_to_half_or_more(
     job_try: int, backoff: float
 ) -> None:
     config = settings()
-    error = ServiceUnavailable("videosdk", "HTTP 503 after 4 attempts")
+    error = TransientFailure("videosdk", "HTTP 503 after 4 attempts")
     delays = {delay_ms({"job_try": job_try}, config, error) for _ in range(50)}
     assert all(backoff * 500 <= delay <= backoff * 1000 for delay in delays)
     assert len(delays) > 1  # jittered: a herd of jobs does not come back at once
@@ -48,8 +48,8 @@ def test_an_open_breaker_is_waited_out() -> None:
 
 def test_a_retry_after_is_honoured_up_to_the_cap() -> None:
     config = settings(job_retry_max_seconds=120.0)
-    asked = ServiceUnavailable("fcm", "HTTP 429", retry_after=90.0)
-    greedy = ServiceUnavailable("fcm", "HTTP 429", retry_after=86_400.0)
+    asked = TransientFailure("fcm", "HTTP 429", retry_after=90.0)
+    greedy = TransientFailure("fcm", "HTTP 429", retry_after=86_400.0)
     assert delay_ms({"job_try": 1}, config, asked) >= 90_000
     assert delay_ms({"job_try": 1}, config, greedy) <= 120_000
 

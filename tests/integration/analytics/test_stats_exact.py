@@ -16,12 +16,12 @@ from sqlalchemy import text
 
 from app.analytics import service
 from app.analytics.tasks import (
-    APPOINTMENT_TOPICS,
     REBUILD_TIMEOUT_SECONDS,
     rebuild_clinic_stats,
     rebuild_stats,
     refresh_clinic_stats,
 )
+from app.appointments.events import COUNTED as APPOINTMENT_TOPICS
 from app.kit.db import Database
 from app.kit.outbox import Event
 from app.models import Role

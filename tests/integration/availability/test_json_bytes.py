@@ -17,8 +17,8 @@ import orjson
 import pytest
 
 from app.availability import repository, service
+from app.availability.rules import BookingRules
 from app.availability.schemas import AvailabilitySearch, ProviderSlots, Slot
-from app.availability.service import BookingRules
 from app.catalog.schemas import ClinicSummary, ProviderSummary
 from app.kit.db import Database
 from app.kit.pagination import PageParams, build_page

@@ -10,7 +10,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from app.availability.service import BookingRules
+from app.availability.rules import BookingRules
 from tests.fixtures.booking import Booking, next_local_day
 
 

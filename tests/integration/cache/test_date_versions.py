@@ -17,7 +17,7 @@ import pytest
 from fastapi import FastAPI
 from redis.asyncio.connection import AbstractConnection
 
-from app.availability.service import BookingRules
+from app.availability.rules import BookingRules
 from app.kit.cache import Cache
 from app.models import Role
 from tests.fixtures.app import Accounts

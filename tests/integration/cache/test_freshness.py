@@ -16,7 +16,7 @@ import pytest
 from fastapi import FastAPI
 
 from app.auth import service as auth_service
-from app.availability.service import BookingRules
+from app.availability.rules import BookingRules
 from app.kit.cache import Cache
 from app.kit.db import Database
 from app.models import Role

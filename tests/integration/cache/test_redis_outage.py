@@ -26,7 +26,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from app.availability import service as availability_service
-from app.availability.service import BookingRules
+from app.availability.rules import BookingRules
 from app.kit.cache import GENERATION_KEY, Cache
 from app.kit.db import Database
 from app.models import Role

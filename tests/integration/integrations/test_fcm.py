@@ -9,7 +9,7 @@ import pytest
 
 from app.integrations.fakes import FakeFcm
 from app.integrations.fcm import Fcm, SendResult, dead_token_reason
-from app.kit.resilience import PermanentFailure, ServiceDisabled, ServiceUnavailable
+from app.kit.resilience import PermanentFailure, ServiceDisabled, TransientFailure
 from tests.integration.integrations import FCM_TOKEN, PROJECT, fast_settings
 
 SEND_PATH = f"/v1/projects/{PROJECT}/messages:send"
@@ -110,7 +110,7 @@ async def test_429_is_retried(fake: FakeFcm, fcm: Fcm) -> None:
 
 async def test_fcm_down_is_service_unavailable(fake: FakeFcm, fcm: Fcm) -> None:
     fake.fail_next(times=None, status=500)
-    with pytest.raises(ServiceUnavailable):
+    with pytest.raises(TransientFailure):
         await fcm.send("device-1", "Booked", "See you")
     assert len(fake.calls) == 3
     assert fake.pushes("device-1") == 0

@@ -28,7 +28,7 @@ from app.kit.resilience import (
     ResiliencePolicy,
     ResilientClient,
     ServiceDisabled,
-    ServiceUnavailable,
+    TransientFailure,
     parse_retry_after,
 )
 from tests.integration.integrations import fast_settings
@@ -62,7 +62,7 @@ async def test_a_hung_call_fails_within_the_read_timeout(fake: FakeVideoSdk) -> 
         # The fake never answers: only the read timeout can end the call. The deadline is a
         # guard against hanging forever, far above the two 0.2 s attempts.
         async with asyncio.timeout(30):
-            with pytest.raises(ServiceUnavailable) as caught:
+            with pytest.raises(TransientFailure) as caught:
                 await create(client)
         elapsed = time.monotonic() - started
     assert elapsed >= 0.35  # two attempts, each waited for its whole read timeout
@@ -117,7 +117,7 @@ async def test_5xx_then_success_is_retried(fake: FakeVideoSdk) -> None:
 async def test_retries_are_exhausted_into_service_unavailable(fake: FakeVideoSdk) -> None:
     fake.fail_next(times=None, status=500)
     async with client_for(fake, "retry-exhausted", http_retry_attempts=3) as client:
-        with pytest.raises(ServiceUnavailable, match="HTTP 500 after 3 attempts"):
+        with pytest.raises(TransientFailure, match="HTTP 500 after 3 attempts"):
             await create(client)
     assert len(fake.calls) == 3
     assert fake.rooms_for("appointment-1") == 0
@@ -147,7 +147,7 @@ async def test_retry_after_is_capped(fake: FakeVideoSdk) -> None:
 async def test_429_retry_after_is_reported_when_retries_run_out(fake: FakeVideoSdk) -> None:
     fake.rate_limit_next(times=None, retry_after=7)
     async with client_for(fake, "retry-429-out", http_retry_attempts=1) as client:
-        with pytest.raises(ServiceUnavailable) as caught:
+        with pytest.raises(TransientFailure) as caught:
             await create(client)
     assert caught.value.retry_after == 7
 
@@ -179,7 +179,7 @@ async def test_connection_refused_is_retried_then_unavailable() -> None:
         url = gone.url
     policy = ResiliencePolicy.from_settings(fast_settings(http_retry_attempts=2))
     async with ResilientClient("refused", url, policy) as client:
-        with pytest.raises(ServiceUnavailable, match="ConnectError after 2 attempts"):
+        with pytest.raises(TransientFailure, match="ConnectError after 2 attempts"):
             await create(client)
 
 
@@ -194,7 +194,7 @@ async def test_breaker_opens_after_fail_max_failures_and_closes_after_reset(
         assert client.status().breaker == "closed"
         assert gauge(service) == 0.0
         for _ in range(2):
-            with pytest.raises(ServiceUnavailable) as caught:
+            with pytest.raises(TransientFailure) as caught:
                 await create(client)
             assert not isinstance(caught.value, CircuitOpen)
         assert client.breaker.fail_counter == 2

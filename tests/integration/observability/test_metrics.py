@@ -15,7 +15,7 @@ from sqlalchemy import text
 from app.health.metrics import OutboxCollector
 from app.kit.db import Database, WriteSession
 from app.kit.metrics import exposition
-from app.kit.resilience import CircuitOpen, ResiliencePolicy, ResilientClient, ServiceUnavailable
+from app.kit.resilience import CircuitOpen, ResiliencePolicy, ResilientClient, TransientFailure
 from app.models import Role
 from app.settings import Settings
 from tests.fixtures.app import Accounts, client_for, make_settings, running_app
@@ -201,7 +201,7 @@ async def test_breaker_state_gauge_follows_the_breaker() -> None:
     async with ResilientClient(service, f"http://127.0.0.1:{_closed_port()}", policy) as http:
         closed = Metrics(exposition().decode())
         for _ in range(2):
-            with pytest.raises(ServiceUnavailable):
+            with pytest.raises(TransientFailure):
                 await http.request("GET", "/")
         opened = Metrics(exposition().decode())
         with pytest.raises(CircuitOpen):
