@@ -22,7 +22,7 @@ from app.settings import Settings
 from tests.fixtures.codebase import app_paths, cli_options, setting_env_names
 from workers.settings import CALLING_OUT_TIMEOUT_SECONDS
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 K8S = ROOT / "deploy" / "k8s"
 # The oldest Kubernetes release the manifests are meant for, and the newest bundled schemas.
 KUBERNETES_VERSIONS = ("1.31", "1.37")

@@ -24,7 +24,7 @@ from app.cli import GRACEFUL_SHUTDOWN_SECONDS
 from app.settings import Settings
 from tests.fixtures.codebase import app_paths, cli_options, setting_env_names
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES: dict[str, dict[str, Any]] = COMPOSE["services"]
 PREFIX = "CAREBOOK_"
