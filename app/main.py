@@ -9,6 +9,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 from fastapi import FastAPI
 
+from app import invalidation
 from app.analytics.endpoints import router as analytics_router
 from app.appointments.endpoints import router as appointments_router
 from app.audit.endpoints import router as audit_router
@@ -25,7 +26,7 @@ from app.integrations.fcm import Fcm
 from app.integrations.storage import FILES_PREFIX, create_storage
 from app.integrations.videosdk import VideoSdk
 from app.kit import telemetry
-from app.kit.cache import INVALIDATING_TOPICS, Cache
+from app.kit.cache import Cache
 from app.kit.db import Database
 from app.kit.docs import install_docs
 from app.kit.errors import install_error_handlers
@@ -55,7 +56,10 @@ def _lifespan(settings: Settings) -> Callable[[FastAPI], AbstractAsyncContextMan
             )
         app.state.settings = settings
         app.state.redis = create_redis(settings.redis_url, settings) if settings.redis_url else None
-        app.state.cache = Cache(app.state.redis if settings.cache_enabled else None)
+        app.state.cache = Cache(
+            app.state.redis if settings.cache_enabled else None,
+            staleness=invalidation.STALENESS,
+        )
         app.state.rate_limiter = RateLimiter(
             app.state.redis,
             app.state.cache.circuit,  # one Redis, one view of whether it is reachable
@@ -63,7 +67,7 @@ def _lifespan(settings: Settings) -> Callable[[FastAPI], AbstractAsyncContextMan
             enabled=settings.rate_limit_enabled,
         )
         events = EventBus()
-        for topic in INVALIDATING_TOPICS:
+        for topic in invalidation.TOPICS:
             events.subscribe(topic, app.state.cache.on_events)
         app.state.database = Database.connect(settings, settings.database_url, events=events)
         # Cached availability answered before FastAPI's routing (RequestContextMiddleware).

@@ -11,10 +11,11 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from app import invalidation
 from app.analytics import tasks as analytics_tasks
 from app.appointments import events as appointment_events
 from app.kit import outbox, telemetry
-from app.kit.cache import INVALIDATING_TOPICS, Cache
+from app.kit.cache import Cache
 from app.kit.db import Database
 from app.kit.idempotency import expire_keys
 from app.kit.outbox import Event
@@ -41,7 +42,7 @@ async def invalidate_cache(ctx: dict[str, Any], event: Event) -> None:
 # Handlers only plan: they write rows and enqueue effect jobs under ids derived from the event,
 # so an event handled twice plans nothing twice, and one slow third party delays no other effect.
 HANDLERS: list[tuple[tuple[str, ...], Handler]] = [
-    (INVALIDATING_TOPICS, invalidate_cache),
+    (invalidation.TOPICS, invalidate_cache),
     (appointment_events.VISIT_CHANGES, notification_tasks.plan_appointment_messages),
     (appointment_events.VISIT_CHANGES, video_tasks.plan_video),
     (appointment_events.COUNTED, analytics_tasks.refresh_clinic_stats),

@@ -11,6 +11,7 @@ from typing import Any
 from arq import cron, func
 from arq.connections import RedisSettings
 
+from app import invalidation
 from app.analytics.tasks import REBUILD_TIMEOUT_SECONDS, rebuild_clinic_stats
 from app.auth.tasks import purge_refresh_tokens
 from app.integrations.fcm import Fcm
@@ -41,7 +42,8 @@ def _startup_for(settings: Settings, *, relay: bool) -> Any:
         telemetry.setup(settings)
         telemetry.instrument_redis(ctx["redis"])
         ctx["database"] = Database.connect(settings, settings.database_url)
-        ctx["cache"] = Cache(ctx["redis"])  # ARQ's own connection is a redis.asyncio client
+        # ARQ's own connection is a redis.asyncio client.
+        ctx["cache"] = Cache(ctx["redis"], staleness=invalidation.STALENESS)
         for name, adapter in (("videosdk", VideoSdk(settings)), ("fcm", Fcm(settings))):
             adapter.publish_breaker_state(ctx["redis"])
             ctx[name] = adapter

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Final
 
+from app.kit.cache import Staleness
 from app.kit.db import AnyRow
 from app.models import Appointment, AppointmentStatus
 
@@ -42,6 +43,9 @@ COUNTED: Final = (
     Topic.NO_SHOW,
     Topic.RESCHEDULED,
 )
+# A visit changes its provider's availability on its own dates only (and, moved, on those it
+# left), never the provider's profile.
+STALENESS: Final = Staleness(PREFIX, dated=True, moves=(Topic.RESCHEDULED,))
 
 
 def utc_iso(value: datetime) -> str:

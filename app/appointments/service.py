@@ -100,19 +100,8 @@ async def _visible(
     return row
 
 
-async def _checked_slot(
-    session: AsyncSession,
-    rules: BookingRules,
-    provider_id: uuid.UUID,
-    timezone: str,
-    start: datetime,
-    *,
-    ignore_appointment_id: uuid.UUID | None = None,
-) -> tuple[datetime, datetime]:
-    """The slot at `start` if it is on the grid, bookable and free; else the matching error."""
-    slot = await availability_service.check_slot(
-        session, rules, provider_id, timezone, start, ignore_appointment_id=ignore_appointment_id
-    )
+def _bookable(slot: tuple[datetime, datetime] | SlotRefusal) -> tuple[datetime, datetime]:
+    """The slot availability found, or the error of its refusal."""
     if slot is SlotRefusal.TAKEN:
         raise SlotUnavailable(slot.value)
     if isinstance(slot, SlotRefusal):
@@ -192,8 +181,10 @@ async def book(
     require_own_clinic(principal, locked.clinic_id, "book appointments")
     if locked.patient_key is None:
         raise ValidationFailed("patient_id does not name a patient", loc=("body", "patient_id"))
-    starts_at, ends_at = await _checked_slot(
-        session, rules, data.provider_id, locked.tz, data.start
+    starts_at, ends_at = _bookable(
+        await availability_service.check_slot(
+            session, rules, data.provider_id, locked.tz, data.start
+        )
     )
     appointment_id = new_id()
     booked = events.payload(
@@ -379,13 +370,15 @@ async def reschedule(
     provider = await repository.lock_provider(session, appointment.provider_id)
     if provider is None:
         raise NotASlot("The provider no longer takes appointments.")
-    starts_at, ends_at = await _checked_slot(
-        session,
-        rules,
-        provider.user_id,
-        provider.timezone,
-        start,
-        ignore_appointment_id=appointment.id,
+    starts_at, ends_at = _bookable(
+        await availability_service.check_slot(
+            session,
+            rules,
+            provider.user_id,
+            provider.timezone,
+            start,
+            ignore_appointment_id=appointment.id,
+        )
     )
     old_start = appointment.starts_at
     try:

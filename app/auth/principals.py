@@ -23,6 +23,7 @@ from cachetools import TTLCache
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.auth import repository
+from app.kit.cache import Staleness
 from app.kit.events import Events
 from app.kit.metrics import PRINCIPAL_READS
 from app.models import Role
@@ -31,6 +32,8 @@ from app.models import Role
 USER_TOPICS: Final = "user."
 USER_CHANGED: Final = "user.changed"
 USER_DELETED: Final = "user.deleted"
+# A user's change may rename or remove a provider: its profile.
+STALENESS: Final = Staleness(USER_TOPICS, by_user=True)
 # Marks the connections of the state reads (an execution option), so statement counters can
 # tell the authentication step's read from the statements of the code they measure.
 STATE_READ_OPTION: Final = "carebook_principal_read"

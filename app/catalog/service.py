@@ -23,7 +23,7 @@ from app.catalog.schemas import (
     SpecialtyOut,
 )
 from app.kit import outbox, sql
-from app.kit.cache import Cache, Scope
+from app.kit.cache import Cache, Scope, Staleness
 from app.kit.db import AnyRow
 from app.kit.errors import NotFound, ValidationFailed
 from app.kit.pagination import PageParams, build_page, parse_uuid
@@ -31,6 +31,8 @@ from app.kit.security import Passwords
 from app.models import Provider, Role
 
 CATALOG_TTL_SECONDS = 300
+# A new clinic or provider changes the catalogue's lists (a provider's profile, too).
+STALENESS = (Staleness("clinic.", lists=True), Staleness("provider.", lists=True))
 
 
 async def cached_json(

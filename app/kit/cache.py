@@ -208,8 +208,16 @@ async def get_cache(request: Request) -> Cache:
 
 
 class Cache:
-    def __init__(self, redis: Redis | None, circuit: RedisCircuit | None = None) -> None:
+    def __init__(
+        self,
+        redis: Redis | None,
+        circuit: RedisCircuit | None = None,
+        *,
+        staleness: Sequence[Staleness] = (),
+    ) -> None:
         self.redis = redis
+        # Which events make which values stale (`on_events`); none without declarations.
+        self.staleness = tuple(staleness)
         self.circuit = circuit or RedisCircuit()
         self.stats = CacheStats()
         self._lookup = redis.register_script(_LOOKUP) if redis is not None else None
@@ -414,34 +422,15 @@ class Cache:
         await self._call(store)
 
     async def on_events(self, events: Events) -> None:
-        """Invalidation policy: which committed events make which cached values stale. Each
-        scope is bumped once however many of the events touch it."""
+        """Bump the scopes of every cached value that committed events make stale, by the
+        domains' `Staleness` declarations; each scope once however many events touch it."""
         scopes: dict[str, Scope] = {}
         for topic, payload in events:
-            touched: list[Scope] = []
-            if "provider_id" in payload:
-                provider_id = payload["provider_id"]
-                # The provider's scope follows every event of the provider; availability only
-                # the dates an event bounds, when it bounds them; the profile every event but
-                # the dated ones (bookings, time off), which leave it as it was.
-                touched.append(provider_scope(provider_id))
-                dates = _touched_dates(topic, payload)
-                if dates is None:
-                    touched.append(availability_scope(provider_id))
-                else:
-                    touched.extend(
-                        day
-                        for first, last in dates
-                        for day in availability_day_scopes(provider_id, first, last)
+            for declared in self.staleness:
+                if topic.startswith(declared.prefix):
+                    scopes.update(
+                        (scope.version_key, scope) for scope in declared.scopes(topic, payload)
                     )
-                if not topic.startswith(_DATED_TOPICS):
-                    touched.append(profile_scope(provider_id))
-            elif topic.startswith(_USER_TOPICS) and "user_id" in payload:
-                # A provider's id is its user's: a renamed or removed provider's profile.
-                touched.append(profile_scope(payload["user_id"]))
-            scopes.update((scope.version_key, scope) for scope in touched)
-            if topic.startswith(CATALOG_TOPICS):
-                scopes[CATALOG.version_key] = CATALOG
         await self.bump(*scopes.values())
 
     async def on_event(self, topic: str, payload: dict[str, Any]) -> None:
@@ -467,43 +456,83 @@ _BEFORE = timedelta(minutes=480 + 120)
 _AFTER = timedelta(minutes=120)
 # Beyond this many dates a range bumps the whole provider: one INCR instead of dozens.
 _MAX_DAYS_PER_CHANGE = 31
-# Topics whose `starts_at`/`ends_at` (and `previous_*`) bound the availability they change.
-_DATED_TOPICS = ("appointment.", "time_off.")
 
 
-def _touched_dates(topic: str, payload: Mapping[str, Any]) -> list[tuple[date, date]] | None:
-    """The local date ranges whose availability an event may change, or None for "all of the
-    provider's" (the event has no usable range, or changes more than dates: a schedule)."""
-    if not topic.startswith(_DATED_TOPICS):
-        return None
-    zone_name = payload.get("timezone")
-    try:
-        zone = ZoneInfo(zone_name) if isinstance(zone_name, str) else None
-        ranges = [_instants(payload, "starts_at", "ends_at")]
-        if "previous_starts_at" in payload or "previous_ends_at" in payload:
-            ranges.append(_instants(payload, "previous_starts_at", "previous_ends_at"))
-        elif "old_starts_at" in payload:
-            # An older payload with the previous start only: appointments last at most a day.
-            old_start = _instant(payload, "old_starts_at")
-            ranges.append((old_start, old_start + timedelta(days=1)))
-        elif topic == "appointment.rescheduled":
-            return None  # where it was is unknown
-        dates = []
-        for starts_at, ends_at in ranges:
-            if zone is not None:
-                first = (starts_at - _BEFORE).astimezone(zone).date()
-                last = (ends_at + _AFTER).astimezone(zone).date()
+@dataclass(frozen=True, slots=True)
+class Staleness:
+    """Which cached values the events of one topic family make stale, declared by the domain
+    that emits them (next to its topics); the cache knows scopes, not domains.
+
+    An event that names a `provider_id` makes stale the provider's scope and its availability:
+    all of it, or with `dated` only the local dates its `starts_at`/`ends_at` (and
+    `previous_*`) bound. A dated event leaves the provider's profile as it was; any other
+    changes it. A topic in `moves` changed an earlier range too: without the payload's
+    previous times, it makes all of the provider's availability stale. With `by_user`, an
+    event that names a `user_id` instead makes stale that user's provider profile. With
+    `lists`, the catalogue's lists change as well."""
+
+    prefix: str
+    dated: bool = False
+    moves: tuple[str, ...] = ()
+    by_user: bool = False
+    lists: bool = False
+
+    def scopes(self, topic: str, payload: Mapping[str, Any]) -> list[Scope]:
+        touched: list[Scope] = []
+        if "provider_id" in payload:
+            provider_id = payload["provider_id"]
+            touched.append(provider_scope(provider_id))
+            dates = self._touched_dates(topic, payload) if self.dated else None
+            if dates is None:
+                touched.append(availability_scope(provider_id))
             else:
-                # Without the provider's zone: every UTC offset is within 14 hours and the
-                # margins are 10 and 2 hours, so a day either side covers every date.
-                first = starts_at.astimezone(UTC).date() - timedelta(days=1)
-                last = ends_at.astimezone(UTC).date() + timedelta(days=1)
-            if last < first or (last - first).days >= _MAX_DAYS_PER_CHANGE:
-                return None
-            dates.append((first, last))
-    except (KeyError, TypeError, ValueError, OverflowError):
-        return None
-    return dates
+                touched.extend(
+                    day
+                    for first, last in dates
+                    for day in availability_day_scopes(provider_id, first, last)
+                )
+            if not self.dated:
+                touched.append(profile_scope(provider_id))
+        elif self.by_user and "user_id" in payload:
+            # A provider's id is its user's: a renamed or removed provider's profile.
+            touched.append(profile_scope(payload["user_id"]))
+        if self.lists:
+            touched.append(CATALOG)
+        return touched
+
+    def _touched_dates(
+        self, topic: str, payload: Mapping[str, Any]
+    ) -> list[tuple[date, date]] | None:
+        """The local date ranges whose availability the event may change, or None for "all of
+        the provider's" (the event has no usable range)."""
+        zone_name = payload.get("timezone")
+        try:
+            zone = ZoneInfo(zone_name) if isinstance(zone_name, str) else None
+            ranges = [_instants(payload, "starts_at", "ends_at")]
+            if "previous_starts_at" in payload or "previous_ends_at" in payload:
+                ranges.append(_instants(payload, "previous_starts_at", "previous_ends_at"))
+            elif "old_starts_at" in payload:
+                # An older payload with the previous start only: appointments last at most a day.
+                old_start = _instant(payload, "old_starts_at")
+                ranges.append((old_start, old_start + timedelta(days=1)))
+            elif topic in self.moves:
+                return None  # where it was is unknown
+            dates = []
+            for starts_at, ends_at in ranges:
+                if zone is not None:
+                    first = (starts_at - _BEFORE).astimezone(zone).date()
+                    last = (ends_at + _AFTER).astimezone(zone).date()
+                else:
+                    # Without the provider's zone: every UTC offset is within 14 hours and the
+                    # margins are 10 and 2 hours, so a day either side covers every date.
+                    first = starts_at.astimezone(UTC).date() - timedelta(days=1)
+                    last = ends_at.astimezone(UTC).date() + timedelta(days=1)
+                if last < first or (last - first).days >= _MAX_DAYS_PER_CHANGE:
+                    return None
+                dates.append((first, last))
+        except (KeyError, TypeError, ValueError, OverflowError):
+            return None
+        return dates
 
 
 def _instants(payload: Mapping[str, Any], start: str, end: str) -> tuple[datetime, datetime]:
@@ -515,11 +544,3 @@ def _instant(payload: Mapping[str, Any], key: str) -> datetime:
     if value.tzinfo is None:
         raise ValueError("an instant without an offset is ambiguous")
     return value
-
-
-# Appointment, schedule and time-off events carry `provider_id` and so bump that provider (its
-# profile) and its availability, or only the dates they touch; these also change what the
-# catalogue lists show.
-CATALOG_TOPICS = ("clinic.", "provider.")
-_USER_TOPICS = ("user.",)
-INVALIDATING_TOPICS = ("appointment.", "schedule.", "time_off.", *CATALOG_TOPICS, *_USER_TOPICS)

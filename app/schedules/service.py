@@ -9,6 +9,7 @@ from app.auth.access import require_own_clinic
 from app.auth.dependencies import Principal
 from app.catalog import service as catalog_service
 from app.kit import outbox
+from app.kit.cache import Staleness
 from app.kit.errors import Forbidden, NotFound
 from app.models import Provider, Role
 from app.schedules import repository
@@ -19,6 +20,10 @@ from app.schedules.schemas import (
     TimeOffIn,
     TimeOffOut,
 )
+
+# A schedule may change any of the provider's dates (and its profile shows it); time off only
+# its own.
+STALENESS = (Staleness("schedule."), Staleness("time_off.", dated=True))
 
 
 async def managed_provider(
