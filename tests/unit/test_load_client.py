@@ -13,17 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from load.bench import (
-    BEGIN_MARK,
-    END_MARK,
-    ScenarioRun,
-    hit_rate,
-    log_problems,
-    median_run,
-    parse_cache_counters,
-    redact,
-    write_report,
-)
+from load.bench import redact
 from load.client import (
     ConnectionClosed,
     LatencySummary,
@@ -40,6 +30,10 @@ from load.client import (
     run_calls,
     run_load,
 )
+from load.medians import median_run
+from load.report import BEGIN_MARK, END_MARK, write_report
+from load.runs import ScenarioRun
+from load.servers import hit_rate, log_problems, parse_cache_counters
 
 CHUNKED = (
     b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Type: text/plain\r\n\r\n"

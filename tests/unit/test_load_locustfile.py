@@ -14,7 +14,7 @@ import subprocess
 import sys
 from collections import Counter
 
-from load.bench import REPO_ROOT
+from load.machine import REPO_ROOT
 from load.scenarios import MIXED_PATTERN
 
 LOCUSTFILE = REPO_ROOT / "load" / "locustfile.py"

@@ -14,30 +14,12 @@ from pathlib import Path
 import pytest
 
 from app.availability.repository import FREE_SLOTS_OF_PROVIDER
-from load.bench import (
-    LATENCY_RATIOS,
-    REPO_ROOT,
-    BenchConfig,
-    BenchReport,
-    ScenarioRun,
-    cpu_per_request,
-    database_cpu_seconds,
-    database_cpu_ticks,
-    database_port,
-    load_results,
-    median_run,
-    parse_args,
-    ratios,
-    reaped_backend_ticks,
-    render_comparison,
-    render_report,
-    results_document,
-    verdicts,
-    via_proxy,
-    write_results,
-)
+from load.bench import parse_args
 from load.client import LatencySummary, LoadResult, OpenLoopResult
 from load.latency_proxy import ProxyStats
+from load.machine import REPO_ROOT, database_cpu_seconds, database_cpu_ticks, reaped_backend_ticks
+from load.measure import database_port, via_proxy
+from load.medians import LATENCY_RATIOS, median_run, ratios
 from load.prepare import (
     FREE_SLOTS_PARAMS,
     FREE_SLOTS_SQL,
@@ -47,7 +29,11 @@ from load.prepare import (
     contended_slots,
     positional,
 )
+from load.report import cpu_per_request, render_report
+from load.results import load_results, render_comparison, results_document, write_results
+from load.runs import BenchConfig, BenchReport, ScenarioRun
 from load.scenarios import SCENARIOS, Contention, Dataset, route_present
+from load.targets import verdicts
 
 T0 = datetime(2026, 12, 7, 9, 0, tzinfo=UTC)
 BASELINE = REPO_ROOT / "load" / "results" / "2026-12-01.json"
