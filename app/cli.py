@@ -358,10 +358,14 @@ def seed(
             asyncio.run(seed_demo(settings))
             print_demo_logins("127.0.0.1", 8000)
         else:
-            from app.seed import seed_scale
+            from app.seed import SeedError, seed_scale
 
             assert scale is not None
-            summary = asyncio.run(seed_scale(settings, scale, random_seed=random_seed))
+            try:
+                summary = asyncio.run(seed_scale(settings, scale, random_seed=random_seed))
+            except SeedError as exc:
+                typer.echo(f"error: {exc}", err=True)
+                raise typer.Exit(code=exc.exit_code) from exc
             typer.echo(
                 f"Seeded {summary.appointments} appointments, {summary.patients} patients, "
                 f"{summary.providers} providers ({summary.schedule_rules} schedule rules) in "

@@ -36,7 +36,6 @@ import asyncio
 import bisect
 import math
 import random
-import sys
 import time as clock
 import uuid
 from array import array
@@ -46,12 +45,14 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-import typer
 from argon2 import PasswordHasher, Type
-from sqlalchemy import pool
+from sqlalchemy import Table, pool
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from app.kit.db import async_url
+from app.models import Appointment, Base, Clinic, Provider, ScheduleRule, Specialty, User
+from app.seed.errors import SeedError
+from app.seed.progress import ConsoleProgress, Counter, Progress
 from app.settings import Settings
 
 LOAD_PASSWORD = "carebook-load"  # noqa: S105 - the load runner logs in with it on purpose
@@ -130,19 +131,17 @@ CANCEL_REASONS = (
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _DAY = 86_400
 
-_USER_COLUMNS = (
-    "id", "email", "password_hash", "full_name", "role", "clinic_id", "is_active",
-    "created_at", "updated_at",
-)  # fmt: skip
-_PROVIDER_COLUMNS = (
-    "user_id", "clinic_id", "specialty_id", "bio", "timezone", "slot_minutes", "is_active",
-    "created_at", "updated_at",
-)  # fmt: skip
-_APPOINTMENT_COLUMNS = (
-    "id", "provider_id", "provider_key", "patient_id", "patient_key", "clinic_id",
-    "starts_at", "ends_at", "status", "cancel_reason", "video_status", "video_room_id",
-    "version", "created_at", "updated_at",
-)  # fmt: skip
+
+def _table(model: type[Base]) -> Table:
+    table = model.__table__
+    assert isinstance(table, Table)
+    return table
+
+
+def copy_columns(model: type[Base]) -> tuple[str, ...]:
+    """The columns COPY fills, in the table's order: all but the identity keys the database
+    assigns. Every row tuple below is built in this order."""
+    return tuple(c.name for c in _table(model).columns if c.identity is None)
 
 
 @dataclass(frozen=True)
@@ -520,16 +519,21 @@ def _batches(rows: Iterator[tuple[Any, ...]], size: int) -> Iterator[list[tuple[
         yield batch
 
 
-async def _copy(
-    raw: Any, table: str, columns: Sequence[str], rows: Sequence[tuple[Any, ...]], bar: Any
+async def _copy_batch(
+    raw: Any, model: type[Base], batch: Sequence[tuple[Any, ...]], bar: Counter
 ) -> None:
+    await raw.copy_records_to_table(
+        _table(model).name, records=batch, columns=list(copy_columns(model))
+    )
+    bar.update(len(batch))
+
+
+async def _copy(raw: Any, model: type[Base], rows: Sequence[tuple[Any, ...]], bar: Counter) -> None:
     for start in range(0, len(rows), BATCH_ROWS):
-        batch = rows[start : start + BATCH_ROWS]
-        await raw.copy_records_to_table(table, records=batch, columns=list(columns))
-        bar.update(len(batch))
+        await _copy_batch(raw, model, rows[start : start + BATCH_ROWS], bar)
 
 
-async def _copy_appointments(raw: Any, rows: Iterator[tuple[Any, ...]], bar: Any) -> None:
+async def _copy_appointments(raw: Any, rows: Iterator[tuple[Any, ...]], bar: Counter) -> None:
     """COPY batch k while a worker thread generates batch k + 1 (the server works meanwhile).
 
     Only one thread advances the generator at a time, so the rows do not depend on timing.
@@ -538,10 +542,7 @@ async def _copy_appointments(raw: Any, rows: Iterator[tuple[Any, ...]], bar: Any
     following = asyncio.ensure_future(asyncio.to_thread(next, batches, None))
     while (batch := await following) is not None:
         following = asyncio.ensure_future(asyncio.to_thread(next, batches, None))
-        await raw.copy_records_to_table(
-            "appointments", records=batch, columns=list(_APPOINTMENT_COLUMNS)
-        )
-        bar.update(len(batch))
+        await _copy_batch(raw, Appointment, batch, bar)
 
 
 _SECONDARY_INDEXES = """
@@ -580,29 +581,24 @@ async def _claim(raw: Any) -> None:
     # Also makes a concurrent second run wait here, then see the first one's rows.
     await raw.execute("LOCK TABLE appointments IN ACCESS EXCLUSIVE MODE")
     if await raw.fetchval("SELECT EXISTS (SELECT 1 FROM appointments)"):
-        typer.echo(
-            "error: the database already has appointments; `seed --scale` loads a benchmark "
-            "dataset only into a freshly migrated database (drop it, `carebook migrate`, retry).",
-            err=True,
+        raise SeedError(
+            "the database already has appointments; `seed --scale` loads a benchmark "
+            "dataset only into a freshly migrated database (drop it, `carebook migrate`, retry)."
         )
-        raise typer.Exit(code=1)
     taken = await raw.fetchval(
         "SELECT count(*) FROM users WHERE lower(email) LIKE $1", f"%@{EMAIL_DOMAIN}"
     )
     if taken:
-        typer.echo(
-            f"error: the database already has {taken} accounts @{EMAIL_DOMAIN} from an earlier "
-            "benchmark dataset; start from a freshly migrated database.",
-            err=True,
+        raise SeedError(
+            f"the database already has {taken} accounts @{EMAIL_DOMAIN} from an earlier "
+            "benchmark dataset; start from a freshly migrated database."
         )
-        raise typer.Exit(code=1)
 
 
 async def _load(
-    raw: Any, data: _Dataset, plan: ScalePlan, rng: _Random, started: float
+    raw: Any, data: _Dataset, plan: ScalePlan, rng: _Random, started: float, progress: Progress
 ) -> tuple[int, int]:
     """The COPYs and the index rebuild; returns (specialties created, schedule rules)."""
-    err = sys.stderr
     # Specialties that exist already (say, from the demo) are reused, not duplicated.
     existing = {
         str(name): specialty_id
@@ -614,7 +610,10 @@ async def _load(
     new_specialties = [s for s in data.specialties if s[1].lower() not in existing]
     if existing:
         remap = {s[0]: existing[s[1].lower()] for s in data.specialties if s[1].lower() in existing}
-        data.provider_rows = [(*r[:2], remap.get(r[2], r[2]), *r[3:]) for r in data.provider_rows]
+        at = copy_columns(Provider).index("specialty_id")
+        data.provider_rows = [
+            (*r[:at], remap.get(r[at], r[at]), *r[at + 1 :]) for r in data.provider_rows
+        ]
 
     total = (
         len(data.clinics)
@@ -624,21 +623,17 @@ async def _load(
         + len(data.rule_rows)
         + plan.appointments
     )
-    typer.echo(
+    progress.say(
         f"Loading {plan.clinics} clinics, {len(data.providers)} providers, "
         f"{len(data.patient_ids)} patients and {plan.appointments} appointments "
-        f"(random seed and {data.today.isoformat()} fix every row) ...",
-        err=True,
+        f"(random seed and {data.today.isoformat()} fix every row) ..."
     )
-    with typer.progressbar(
-        length=total, label="COPY", show_pos=True, show_percent=True, file=err
-    ) as bar:
-        await _copy(raw, "clinics", ("id", "name", "timezone", "created_at"), data.clinics, bar)
-        await _copy(raw, "specialties", ("id", "name"), new_specialties, bar)
-        await _copy(raw, "users", _USER_COLUMNS, data.users, bar)
-        await _copy(raw, "providers", _PROVIDER_COLUMNS, data.provider_rows, bar)
-        rule_columns = ("id", "provider_id", "weekday", "start_time", "end_time")
-        await _copy(raw, "schedule_rules", rule_columns, data.rule_rows, bar)
+    with progress.counting(total, "COPY") as bar:
+        await _copy(raw, Clinic, data.clinics, bar)
+        await _copy(raw, Specialty, new_specialties, bar)
+        await _copy(raw, User, data.users, bar)
+        await _copy(raw, Provider, data.provider_rows, bar)
+        await _copy(raw, ScheduleRule, data.rule_rows, bar)
 
         # The identity keys the database gave, for appointments' provider_key / patient_key.
         ids = [p.user_id for p in data.providers] + data.patient_ids
@@ -662,11 +657,10 @@ async def _load(
 
         await _copy_appointments(raw, _appointments(data, rng, provider_keys, user_keys), bar)
 
-    typer.echo(
+    progress.say(
         f"Rows copied at {clock.monotonic() - started:.1f} s; rebuilding "
         f"{len(definitions) - len(constraints)} indexes and {len(constraints)} "
-        "exclusion constraints ...",
-        err=True,
+        "exclusion constraints ..."
     )
     for name, definition in definitions.items():
         if name in constraints:
@@ -676,7 +670,7 @@ async def _load(
             )
         else:
             await raw.execute(definition)
-    typer.echo(f"Indexes rebuilt at {clock.monotonic() - started:.1f} s.", err=True)
+    progress.say(f"Indexes rebuilt at {clock.monotonic() - started:.1f} s.")
     rebuilt = await appointment_index_definitions(raw)
     if rebuilt != definitions:  # pragma: no cover - a guard, not a branch we expect
         raise RuntimeError(f"rebuilt indexes differ: {rebuilt} != {definitions}")
@@ -689,13 +683,16 @@ async def seed_scale(
     *,
     random_seed: int = 42,
     today: date | None = None,
+    progress: Progress | None = None,
 ) -> ScaleSummary:
     """Load a benchmark dataset of `appointments` appointments into a migrated, empty database.
 
     `today` (default: the current UTC date) anchors the history; with the same seed, N and
-    `today` the rows are identical, ids included. Exits with code 1 (after a message on
-    stderr) when the database already has appointments.
+    `today` the rows are identical, ids included. Raises `SeedError` (and loads nothing) when
+    the database already has appointments or accounts of an earlier dataset. `progress`
+    (default: lines and a bar on stderr) hears what is being done.
     """
+    progress = progress or ConsoleProgress()
     assert settings.database_url is not None
     started = clock.monotonic()
     plan = ScalePlan.of(appointments)
@@ -715,17 +712,15 @@ async def seed_scale(
             assert raw is not None
             async with raw.transaction():
                 await _claim(raw)
-                typer.echo(
+                progress.say(
                     f"Planning {plan.clinics} clinics x {plan.providers_per_clinic} providers, "
-                    "their slot grids and patients ...",
-                    err=True,
+                    "their slot grids and patients ..."
                 )
                 data = _build(settings, plan, rng, today)
-                specialties, rules = await _load(raw, data, plan, rng, started)
-            typer.echo(
+                specialties, rules = await _load(raw, data, plan, rng, started, progress)
+            progress.say(
                 f"Committed at {clock.monotonic() - started:.1f} s; "
-                "VACUUM (ANALYZE) of the loaded tables ...",
-                err=True,
+                "VACUUM (ANALYZE) of the loaded tables ..."
             )
             await raw.execute(
                 "VACUUM (ANALYZE) clinics, specialties, users, providers, schedule_rules, "
@@ -736,7 +731,7 @@ async def seed_scale(
     from app.analytics.tasks import rebuild_with_settings  # the loaded visits' daily figures
 
     stats = await rebuild_with_settings(settings)
-    typer.echo(f"clinic_daily_stats: {stats.rows} rows in {stats.seconds:.1f} s.", err=True)
+    progress.say(f"clinic_daily_stats: {stats.rows} rows in {stats.seconds:.1f} s.")
     return ScaleSummary(
         plan=plan,
         clinics=len(data.clinics),

@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 import pytest
-import typer
 from sqlalchemy import pool, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import (
@@ -35,6 +34,7 @@ from app.availability import repository as availability_repository
 from app.availability.repository import Window
 from app.kit.db import violated_constraint
 from app.kit.security import Passwords
+from app.seed.errors import SeedError
 from app.seed.scale import (
     ADMIN_EMAIL,
     LOAD_PASSWORD,
@@ -344,11 +344,11 @@ async def test_every_account_logs_in_with_the_load_password(seeded: Seeded) -> N
     assert len(listing.json()["items"]) == min(expected, 100)
 
 
-async def test_a_second_run_is_refused(seeded: Seeded, capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(typer.Exit) as exit_info:
+async def test_a_second_run_is_refused(seeded: Seeded) -> None:
+    with pytest.raises(SeedError) as exit_info:
         await seed_scale(seeded.settings, 10, random_seed=SEED, today=TODAY)
     assert exit_info.value.exit_code == 1
-    assert "already has appointments" in capsys.readouterr().err
+    assert "already has appointments" in str(exit_info.value)
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("CAREBOOK_")}
     env |= {"CAREBOOK_DATABASE_URL": seeded.url, "CAREBOOK_ENVIRONMENT": "development"}
