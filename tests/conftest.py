@@ -2,6 +2,7 @@ pytest_plugins = [
     "tests.fixtures.servers",
     "tests.fixtures.app",
     "tests.fixtures.booking",
+    "tests.fixtures.world",
     "tests.fixtures.worker",
     "tests.fixtures.observability",
     "tests.fixtures.records",

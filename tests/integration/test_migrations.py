@@ -7,7 +7,6 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +26,7 @@ from app.models import Base
 if TYPE_CHECKING:
     from tests.fixtures.servers import TestServers
 from tests.fixtures.servers import fresh_database as shared_fresh_database
+from tests.fixtures.world import Party, SqlWorld, sql_world
 
 PROVIDER_OVERLAP = "ex_appointments_provider_overlap"
 PATIENT_OVERLAP = "ex_appointments_patient_overlap"
@@ -159,97 +159,20 @@ async def test_exclusion_constraints_exist_on_appointments(migrated_engine: Asyn
 # --- the database backstop against double booking, with raw SQL --------------------------------
 
 
-@dataclass(frozen=True)
-class Party:
-    id: uuid.UUID
-    key: int
-
-
-@dataclass(frozen=True)
-class World:
-    clinic_id: uuid.UUID
-    provider_a: Party
-    provider_b: Party
-    patient_1: Party
-    patient_2: Party
-    patient_3: Party
-
-
 START = datetime(2031, 3, 3, 9, 0, tzinfo=UTC)
 HALF_HOUR = timedelta(minutes=30)
 
 
-async def _user(engine: AsyncEngine, role: str, clinic_id: uuid.UUID | None = None) -> Party:
-    async with engine.begin() as connection:
-        row = (
-            await connection.execute(
-                text(
-                    "INSERT INTO users (id, email, password_hash, full_name, role, clinic_id) "
-                    "VALUES (gen_random_uuid(), :email, 'not-a-hash', 'Raw SQL', :role, :clinic) "
-                    "RETURNING id, key"
-                ),
-                {
-                    "email": f"{role}-{uuid.uuid4().hex}@example.com",
-                    "role": role,
-                    "clinic": clinic_id,
-                },
-            )
-        ).one()
-    return Party(row.id, row.key)
-
-
-async def _provider(engine: AsyncEngine, clinic_id: uuid.UUID, specialty_id: uuid.UUID) -> Party:
-    user = await _user(engine, "provider")
-    async with engine.begin() as connection:
-        key = (
-            await connection.execute(
-                text(
-                    "INSERT INTO providers (user_id, clinic_id, specialty_id, timezone, "
-                    "slot_minutes) VALUES (:user_id, :clinic, :specialty, 'UTC', 30) RETURNING key"
-                ),
-                {"user_id": user.id, "clinic": clinic_id, "specialty": specialty_id},
-            )
-        ).scalar_one()
-    return Party(user.id, int(key))
-
-
 @pytest.fixture
-async def world(migrated_engine: AsyncEngine) -> AsyncIterator[World]:
-    """A clinic, two providers and three patients of the test's own; its appointments are
-    deleted afterwards."""
-    async with migrated_engine.begin() as connection:
-        clinic_id = (
-            await connection.execute(
-                text(
-                    "INSERT INTO clinics (id, name, timezone) "
-                    "VALUES (gen_random_uuid(), 'Backstop Clinic', 'UTC') RETURNING id"
-                )
-            )
-        ).scalar_one()
-        specialty_id = (
-            await connection.execute(
-                text(
-                    "INSERT INTO specialties (id, name) "
-                    "VALUES (gen_random_uuid(), :name) RETURNING id"
-                ),
-                {"name": f"General Practice {uuid.uuid4().hex[:8]}"},
-            )
-        ).scalar_one()
-    yield World(
-        clinic_id=clinic_id,
-        provider_a=await _provider(migrated_engine, clinic_id, specialty_id),
-        provider_b=await _provider(migrated_engine, clinic_id, specialty_id),
-        patient_1=await _user(migrated_engine, "patient"),
-        patient_2=await _user(migrated_engine, "patient"),
-        patient_3=await _user(migrated_engine, "patient"),
-    )
-    async with migrated_engine.begin() as connection:
-        await connection.execute(text("DELETE FROM appointments"))
+async def world(migrated_engine: AsyncEngine) -> AsyncIterator[SqlWorld]:
+    """Raw rows of the test's own in this module's database."""
+    async with sql_world(migrated_engine) as built:
+        yield built
 
 
 async def _book(
     engine: AsyncEngine,
-    world: World,
+    world: SqlWorld,
     provider: Party,
     patient: Party,
     starts_at: datetime,
@@ -296,7 +219,7 @@ async def _appointment_count(engine: AsyncEngine) -> int:
 
 
 async def test_overlapping_bookings_of_one_provider_are_rejected(
-    migrated_engine: AsyncEngine, world: World
+    migrated_engine: AsyncEngine, world: SqlWorld
 ) -> None:
     await _book(migrated_engine, world, world.provider_a, world.patient_1, START, START + HALF_HOUR)
     with pytest.raises(IntegrityError) as error:
@@ -320,7 +243,7 @@ async def test_overlapping_bookings_of_one_provider_are_rejected(
 
 
 async def test_checked_in_visit_also_blocks_the_provider(
-    migrated_engine: AsyncEngine, world: World
+    migrated_engine: AsyncEngine, world: SqlWorld
 ) -> None:
     await _book(
         migrated_engine,
@@ -339,7 +262,7 @@ async def test_checked_in_visit_also_blocks_the_provider(
 
 
 async def test_back_to_back_bookings_are_accepted(
-    migrated_engine: AsyncEngine, world: World
+    migrated_engine: AsyncEngine, world: SqlWorld
 ) -> None:
     await _book(migrated_engine, world, world.provider_a, world.patient_1, START, START + HALF_HOUR)
     # end == next start: the '[)' ranges touch but do not overlap, for provider and patient alike.
@@ -363,7 +286,7 @@ async def test_back_to_back_bookings_are_accepted(
 
 
 async def test_an_overlapping_booking_is_accepted_when_the_first_is_cancelled(
-    migrated_engine: AsyncEngine, world: World
+    migrated_engine: AsyncEngine, world: SqlWorld
 ) -> None:
     cancelled = await _book(
         migrated_engine,
@@ -411,7 +334,7 @@ async def test_an_overlapping_booking_is_accepted_when_the_first_is_cancelled(
 
 
 async def test_one_patient_cannot_hold_overlapping_visits_with_two_providers(
-    migrated_engine: AsyncEngine, world: World
+    migrated_engine: AsyncEngine, world: SqlWorld
 ) -> None:
     await _book(migrated_engine, world, world.provider_a, world.patient_1, START, START + HALF_HOUR)
     with pytest.raises(IntegrityError) as error:

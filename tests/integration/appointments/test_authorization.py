@@ -24,6 +24,7 @@ from tests.fixtures.booking import (
     next_local_day,
 )
 from tests.fixtures.problems import assert_problem
+from tests.fixtures.world import Worlds
 
 
 def new_key() -> str:
@@ -59,22 +60,22 @@ class World:
         return datetime.fromisoformat(self.appointments[name]["start"])
 
 
-async def build_world(booking: Booking, accounts: Accounts) -> World:
-    north_clinic = await booking.clinic(name="North", timezone="Europe/London")
-    south_clinic = await booking.clinic(name="South", timezone="America/New_York")
-    north = await booking.provider(
-        clinic_id=north_clinic, full_name="Dr. North", specialty="Cardiology"
+async def build_world(worlds: Worlds) -> World:
+    # The cast's other clinic is the south one, in New York.
+    people = await worlds.cast(
+        provider_name="Dr. North",
+        specialty="Cardiology",
+        other_timezone="America/New_York",
+        patient_names=("Alice Patient", "Bob Patient"),
     )
-    north_colleague = await booking.provider(clinic_id=north_clinic, full_name="Dr. Colleague")
-    south = await booking.provider(
-        clinic_id=south_clinic,
+    north, alice, bob = people.provider, people.patient, people.other_patient
+    south = await worlds.booking.provider(
+        clinic_id=people.other_clinic_id,
         timezone="America/New_York",
         full_name="Dr. South",
         specialty="Dermatology",
         slot_minutes=60,
     )
-    alice = await accounts.create(Role.PATIENT, full_name="Alice Patient")
-    bob = await accounts.create(Role.PATIENT, full_name="Bob Patient")
     day = next_local_day("America/New_York", days_ahead=3)
     plan = {
         "a1": (alice, north, day, time(9)),
@@ -83,31 +84,30 @@ async def build_world(booking: Booking, accounts: Accounts) -> World:
         "a4": (bob, south, day + timedelta(days=1), time(9)),
         "a5": (alice, north, day + timedelta(days=1), time(10)),
     }
-    appointments: dict[str, dict[str, Any]] = {}
-    for name, (patient, provider, on, at) in plan.items():
-        response = await booking.book(patient, provider, local_instant(on, at, provider.timezone))
-        assert response.status_code == 201, response.text
-        appointments[name] = response.json()
+    appointments = {
+        name: (await worlds.visit(patient, provider, at, day=on)).body
+        for name, (patient, provider, on, at) in plan.items()
+    }
     # Cancelled straight in the database, so these visibility tests do not depend on the
     # cancel endpoint (covered in test_lifecycle.py).
-    async with booking.database.unit_of_work() as session:
+    async with worlds.booking.database.unit_of_work() as session:
         await session.execute(
             update(Appointment)
             .where(Appointment.id == uuid.UUID(appointments["a5"]["id"]))
             .values(status="cancelled", cancel_reason="Travelling")
         )
-    cancelled = await booking.client.get(
+    cancelled = await worlds.booking.client.get(
         f"/v1/appointments/{appointments['a5']['id']}", headers=alice.headers
     )
     assert cancelled.status_code == 200, cancelled.text
     appointments["a5"] = cancelled.json()
     return World(
         north=north,
-        north_colleague=north_colleague,
+        north_colleague=people.other_provider,
         south=south,
-        north_staff=await accounts.create(Role.STAFF, clinic_id=north_clinic),
-        south_staff=await accounts.create(Role.STAFF, clinic_id=south_clinic),
-        admin=await accounts.create(Role.ADMIN),
+        north_staff=people.staff,
+        south_staff=people.other_staff,
+        admin=people.admin,
         alice=alice,
         bob=bob,
         day=day,
@@ -152,10 +152,8 @@ async def walk(
 # --- lists ------------------------------------------------------------------------------------
 
 
-async def test_each_role_lists_what_it_may_see(
-    client: httpx.AsyncClient, booking: Booking, accounts: Accounts
-) -> None:
-    world = await build_world(booking, accounts)
+async def test_each_role_lists_what_it_may_see(client: httpx.AsyncClient, worlds: Worlds) -> None:
+    world = await build_world(worlds)
     expected = {
         "alice": (world.alice, world.ids("a1", "a3", "a5")),
         "bob": (world.bob, world.ids("a2", "a4")),
@@ -173,9 +171,9 @@ async def test_each_role_lists_what_it_may_see(
 
 
 async def test_list_items_embed_provider_and_patient(
-    client: httpx.AsyncClient, booking: Booking, accounts: Accounts
+    client: httpx.AsyncClient, worlds: Worlds
 ) -> None:
-    world = await build_world(booking, accounts)
+    world = await build_world(worlds)
 
     response = await client.get("/v1/appointments", headers=world.admin.headers)
 
@@ -216,10 +214,8 @@ async def test_list_items_embed_provider_and_patient(
     assert detail.json() == items[world.appointments["a3"]["id"]]
 
 
-async def test_list_filters(
-    client: httpx.AsyncClient, booking: Booking, accounts: Accounts
-) -> None:
-    world = await build_world(booking, accounts)
+async def test_list_filters(client: httpx.AsyncClient, worlds: Worlds) -> None:
+    world = await build_world(worlds)
     admin = world.admin
     everyone = world.ids("a1", "a2", "a3", "a4", "a5")
 
@@ -284,9 +280,9 @@ async def test_list_time_filters_must_be_instants(
 
 @pytest.mark.parametrize("order", ["asc", "desc"])
 async def test_keyset_pages_walk_every_appointment_once(
-    client: httpx.AsyncClient, booking: Booking, accounts: Accounts, order: str
+    client: httpx.AsyncClient, booking: Booking, worlds: Worlds, order: str
 ) -> None:
-    world = await build_world(booking, accounts)
+    world = await build_world(worlds)
     # Two patients at the same instant with two providers: equal starts, ordered by id.
     tie = local_instant(world.day + timedelta(days=2), time(14), "Europe/London")
     tied: dict[str, str] = {}
@@ -339,9 +335,9 @@ async def test_a_garbage_cursor_is_422(
 
 
 async def test_appointments_of_others_are_not_found(
-    client: httpx.AsyncClient, booking: Booking, accounts: Accounts
+    client: httpx.AsyncClient, booking: Booking, worlds: Worlds
 ) -> None:
-    world = await build_world(booking, accounts)
+    world = await build_world(worlds)
     a1 = world.appointments["a1"]  # alice at the north clinic
     free = local_instant(world.day, time(15), world.north.timezone)
     unknown = await client.get(f"/v1/appointments/{uuid.uuid4()}", headers=world.admin.headers)
@@ -391,10 +387,8 @@ async def test_appointments_of_others_are_not_found(
     assert_problem(malformed, 422, "validation_error")
 
 
-async def test_patients_may_not_record_visits(
-    client: httpx.AsyncClient, booking: Booking, accounts: Accounts
-) -> None:
-    world = await build_world(booking, accounts)
+async def test_patients_may_not_record_visits(client: httpx.AsyncClient, worlds: Worlds) -> None:
+    world = await build_world(worlds)
     own = world.appointments["a1"]
     others = world.appointments["a2"]
 
@@ -414,9 +408,9 @@ async def test_patients_may_not_record_visits(
 
 
 async def test_who_may_act_on_an_appointment(
-    client: httpx.AsyncClient, booking: Booking, accounts: Accounts
+    client: httpx.AsyncClient, booking: Booking, worlds: Worlds
 ) -> None:
-    world = await build_world(booking, accounts)
+    world = await build_world(worlds)
     zone = world.north.timezone
     day = world.day + timedelta(days=3)
 

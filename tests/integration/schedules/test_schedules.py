@@ -10,9 +10,10 @@ from typing import Any
 import httpx
 
 from app.models import Role
-from tests.fixtures.app import Account, Accounts
-from tests.fixtures.booking import Booking, ProviderSetup, local_instant, next_local_day
+from tests.fixtures.app import Accounts
+from tests.fixtures.booking import Booking, local_instant, next_local_day
 from tests.fixtures.problems import assert_problem
+from tests.fixtures.world import Worlds
 
 
 def schedule_path(provider_id: uuid.UUID | str) -> str:
@@ -46,49 +47,13 @@ def half_hours(first: str, last: str) -> list[str]:
     return out
 
 
-class Cast:
-    """A provider with everyone around it: its staff, an admin, and outsiders."""
-
-    def __init__(
-        self,
-        provider: ProviderSetup,
-        staff: Account,
-        admin: Account,
-        other_provider: ProviderSetup,
-        other_staff: Account,
-        patient: Account,
-    ) -> None:
-        self.provider = provider
-        self.staff = staff
-        self.admin = admin
-        self.other_provider = other_provider
-        self.other_staff = other_staff
-        self.patient = patient
-
-
-async def cast(booking: Booking, accounts: Accounts) -> Cast:
-    clinic_id = await booking.clinic(name="Home", timezone="Europe/London")
-    other_clinic_id = await booking.clinic(name="Away", timezone="Europe/London")
-    provider = await booking.provider(clinic_id=clinic_id, full_name="Dr. Home")
-    # Same clinic, different provider: being colleagues grants nothing.
-    other_provider = await booking.provider(clinic_id=clinic_id, full_name="Dr. Colleague")
-    return Cast(
-        provider=provider,
-        staff=await accounts.create(Role.STAFF, clinic_id=clinic_id),
-        admin=await accounts.create(Role.ADMIN),
-        other_provider=other_provider,
-        other_staff=await accounts.create(Role.STAFF, clinic_id=other_clinic_id),
-        patient=await accounts.create(Role.PATIENT),
-    )
-
-
 # --- weekly schedule --------------------------------------------------------------------------
 
 
 async def test_schedule_is_replaced_by_the_provider_its_staff_and_an_admin(
-    client: httpx.AsyncClient, booking: Booking, accounts: Accounts
+    client: httpx.AsyncClient, worlds: Worlds
 ) -> None:
-    people = await cast(booking, accounts)
+    people = await worlds.cast()
     provider = people.provider
     # Deliberately unsorted; the answer is sorted by weekday, then start.
     attempts = [
@@ -200,10 +165,8 @@ async def test_invalid_schedules_are_422_and_change_nothing(
     assert current.json()["rules"] == kept
 
 
-async def test_schedule_permissions(
-    client: httpx.AsyncClient, booking: Booking, accounts: Accounts
-) -> None:
-    people = await cast(booking, accounts)
+async def test_schedule_permissions(client: httpx.AsyncClient, worlds: Worlds) -> None:
+    people = await worlds.cast()
     path = schedule_path(people.provider.id)
     original = (await client.get(path, headers=people.admin.headers)).json()
     body = {"rules": [rule(1, "10:00", "11:00")]}
@@ -388,9 +351,9 @@ async def test_invalid_time_off_is_422(client: httpx.AsyncClient, booking: Booki
 
 
 async def test_deleting_unknown_time_off_is_404(
-    client: httpx.AsyncClient, booking: Booking, accounts: Accounts
+    client: httpx.AsyncClient, booking: Booking, worlds: Worlds
 ) -> None:
-    people = await cast(booking, accounts)
+    people = await worlds.cast()
     day = next_local_day(people.provider.timezone)
     start = local_instant(day, time(9, 0), people.provider.timezone)
     body = {"starts_at": start.isoformat(), "ends_at": (start + timedelta(hours=2)).isoformat()}
@@ -427,9 +390,9 @@ async def test_deleting_unknown_time_off_is_404(
 
 
 async def test_time_off_permissions(
-    client: httpx.AsyncClient, booking: Booking, accounts: Accounts
+    client: httpx.AsyncClient, booking: Booking, worlds: Worlds
 ) -> None:
-    people = await cast(booking, accounts)
+    people = await worlds.cast()
     provider = people.provider
     day = next_local_day(provider.timezone)
 

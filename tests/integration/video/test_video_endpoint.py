@@ -5,50 +5,24 @@ refused (403); everyone who cannot see it gets 404, as for the appointment itsel
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
-from datetime import time
 
 import httpx
 from sqlalchemy import update
 
 from app.kit.db import Database
-from app.models import Appointment, Role
+from app.models import Appointment
 from app.settings import Settings
 from app.video import repository as video_repository
-from tests.fixtures.app import Account, Accounts, client_for, make_settings, running_app
-from tests.fixtures.booking import Booking, ProviderSetup, local_instant, next_local_day
+from tests.fixtures.app import Account, client_for, make_settings, running_app
 from tests.fixtures.problems import assert_problem
+from tests.fixtures.world import Cast, Visit, video_url
 
 ROOM = "room-abc"
 
 
-@dataclass
-class Visit:
-    id: uuid.UUID
-    patient: Account
-    provider: ProviderSetup
-
-    @property
-    def url(self) -> str:
-        return video_url(self.id)
-
-
-def video_url(appointment_id: uuid.UUID | str) -> str:
-    return f"/v1/appointments/{appointment_id}/video"
-
-
-async def book_visit(booking: Booking, accounts: Accounts, at: time = time(10, 0)) -> Visit:
-    provider = await booking.provider()
-    patient = await accounts.create(Role.PATIENT, full_name="Pat Ient")
-    start = local_instant(next_local_day(provider.timezone), at, provider.timezone)
-    response = await booking.book(patient, provider, start)
-    assert response.status_code == 201, response.text
-    return Visit(uuid.UUID(response.json()["id"]), patient, provider)
-
-
 async def record_room(database: Database, visit: Visit, room_id: str = ROOM) -> None:
     async with database.unit_of_work() as session:
-        await video_repository.record_room(session, visit.id, room_id)
+        await video_repository.record_room(session, visit.appointment_id, room_id)
 
 
 async def video(client: httpx.AsyncClient, visit: Visit, viewer: Account) -> dict[str, str]:
@@ -64,10 +38,8 @@ def expected_join_url(settings: Settings, room_id: str = ROOM) -> str:
 
 
 async def test_a_new_visit_is_pending_without_a_join_url(
-    client: httpx.AsyncClient, booking: Booking, accounts: Accounts
+    client: httpx.AsyncClient, visit: Visit
 ) -> None:
-    visit = await book_visit(booking, accounts)
-
     for viewer in (visit.patient, visit.provider.account):
         body = await video(client, visit, viewer)
         assert body["status"] == "pending"
@@ -76,12 +48,10 @@ async def test_a_new_visit_is_pending_without_a_join_url(
 
 async def test_both_participants_get_the_join_url_once_the_room_is_ready(
     client: httpx.AsyncClient,
-    booking: Booking,
-    accounts: Accounts,
+    visit: Visit,
     database: Database,
     settings: Settings,
 ) -> None:
-    visit = await book_visit(booking, accounts)
     await record_room(database, visit)
 
     join_url = expected_join_url(settings)
@@ -95,12 +65,10 @@ async def test_both_participants_get_the_join_url_once_the_room_is_ready(
 
 async def test_a_checked_in_visit_keeps_its_room(
     client: httpx.AsyncClient,
-    booking: Booking,
-    accounts: Accounts,
+    visit: Visit,
     database: Database,
     settings: Settings,
 ) -> None:
-    visit = await book_visit(booking, accounts)
     check_in = await client.post(
         f"/v1/appointments/{visit.id}/check-in", headers=visit.provider.headers
     )
@@ -112,11 +80,10 @@ async def test_a_checked_in_visit_keeps_its_room(
 
 
 async def test_a_failed_room_has_no_join_url(
-    client: httpx.AsyncClient, booking: Booking, accounts: Accounts, database: Database
+    client: httpx.AsyncClient, visit: Visit, database: Database
 ) -> None:
-    visit = await book_visit(booking, accounts)
     async with database.unit_of_work() as session:
-        assert await video_repository.mark_failed(session, visit.id)
+        assert await video_repository.mark_failed(session, visit.appointment_id)
 
     for viewer in (visit.patient, visit.provider.account):
         body = await video(client, visit, viewer)
@@ -125,12 +92,13 @@ async def test_a_failed_room_has_no_join_url(
 
 
 async def test_ready_without_a_room_id_has_no_join_url(
-    client: httpx.AsyncClient, booking: Booking, accounts: Accounts, database: Database
+    client: httpx.AsyncClient, visit: Visit, database: Database
 ) -> None:
-    visit = await book_visit(booking, accounts)
     async with database.unit_of_work() as session:
         await session.execute(
-            update(Appointment).where(Appointment.id == visit.id).values(video_status="ready")
+            update(Appointment)
+            .where(Appointment.id == visit.appointment_id)
+            .values(video_status="ready")
         )
 
     body = await video(client, visit, visit.patient)
@@ -139,9 +107,8 @@ async def test_ready_without_a_room_id_has_no_join_url(
 
 
 async def test_a_cancelled_visit_never_offers_its_room(
-    client: httpx.AsyncClient, booking: Booking, accounts: Accounts, database: Database
+    client: httpx.AsyncClient, visit: Visit, database: Database
 ) -> None:
-    visit = await book_visit(booking, accounts)
     cancel = await client.post(
         f"/v1/appointments/{visit.id}/cancel",
         json={"reason": "Feeling better"},
@@ -157,19 +124,17 @@ async def test_a_cancelled_visit_never_offers_its_room(
         assert body.get("join_url") is None
 
     async with database.unit_of_work() as session:
-        await video_repository.room_deleted(session, visit.id, ROOM)
+        await video_repository.room_deleted(session, visit.appointment_id, ROOM)
     body = await video(client, visit, visit.patient)
     assert body["status"] == "not_required"
     assert body.get("join_url") is None
 
 
 async def test_staff_and_admins_who_see_the_visit_are_forbidden(
-    client: httpx.AsyncClient, booking: Booking, accounts: Accounts, database: Database
+    client: httpx.AsyncClient, visit: Visit, cast: Cast, database: Database
 ) -> None:
-    visit = await book_visit(booking, accounts)
     await record_room(database, visit)
-    staff = await accounts.create(Role.STAFF, clinic_id=visit.provider.clinic_id)
-    admin = await accounts.create(Role.ADMIN)
+    staff, admin = cast.staff, cast.admin
 
     for operator in (staff, admin):
         seen = await client.get(f"/v1/appointments/{visit.id}", headers=operator.headers)
@@ -180,14 +145,11 @@ async def test_staff_and_admins_who_see_the_visit_are_forbidden(
 
 
 async def test_everyone_who_cannot_see_the_visit_gets_not_found(
-    client: httpx.AsyncClient, booking: Booking, accounts: Accounts, database: Database
+    client: httpx.AsyncClient, visit: Visit, cast: Cast, database: Database
 ) -> None:
-    visit = await book_visit(booking, accounts)
     await record_room(database, visit)
-    other_patient = await accounts.create(Role.PATIENT)
-    colleague = await booking.provider(clinic_id=visit.provider.clinic_id, full_name="Dr. Other")
-    elsewhere = await booking.clinic(name="Elsewhere")
-    other_staff = await accounts.create(Role.STAFF, clinic_id=elsewhere)
+    other_patient, other_staff = cast.other_patient, cast.other_staff
+    colleague = cast.other_provider
 
     for outsider in (other_patient, colleague.account, other_staff):
         response = await client.get(visit.url, headers=outsider.headers)
@@ -201,10 +163,8 @@ async def test_everyone_who_cannot_see_the_visit_gets_not_found(
 
 
 async def test_a_malformed_id_is_422_and_no_token_is_401(
-    client: httpx.AsyncClient, booking: Booking, accounts: Accounts
+    client: httpx.AsyncClient, visit: Visit
 ) -> None:
-    visit = await book_visit(booking, accounts)
-
     response = await client.get(video_url("not-a-uuid"), headers=visit.patient.headers)
     body = assert_problem(response, 422, "validation_error")
     assert ["path", "appointment_id"] in [error["loc"] for error in body["errors"]]
@@ -214,9 +174,8 @@ async def test_a_malformed_id_is_422_and_no_token_is_401(
 
 
 async def test_the_join_url_follows_the_configured_template(
-    booking: Booking, accounts: Accounts, database: Database, settings: Settings
+    visit: Visit, database: Database, settings: Settings
 ) -> None:
-    visit = await book_visit(booking, accounts)
     await record_room(database, visit)
     template = "https://meet.example.test/rooms/{room_id}/join?embed=1"
     custom = make_settings(
