@@ -416,6 +416,17 @@ async def move(
     return result.one_or_none()
 
 
+# What a bulk change returns of each appointment it changed: what its outbox event needs.
+_CHANGED_COLUMNS = (
+    Appointment.id,
+    Appointment.provider_id,
+    Appointment.patient_id,
+    Appointment.clinic_id,
+    Appointment.starts_at,
+    Appointment.ends_at,
+)
+
+
 def _transition_values(to: AppointmentStatus, cancel_reason: str | None) -> dict[str, Any]:
     values: dict[str, Any] = {
         "status": to.value,
@@ -454,14 +465,7 @@ async def bulk_transition(
             Appointment.status.in_([s.value for s in allowed_from]),
         )
         .values(**_transition_values(to, cancel_reason))
-        .returning(
-            Appointment.id,
-            Appointment.provider_id,
-            Appointment.patient_id,
-            Appointment.clinic_id,
-            Appointment.starts_at,
-            Appointment.ends_at,
-        )
+        .returning(*_CHANGED_COLUMNS)
         .cte("changed")
     )
     query = select(
@@ -500,14 +504,7 @@ async def cancel_range(
             Appointment.starts_at < starts_before,
         )
         .values(**_transition_values(AppointmentStatus.CANCELLED, reason))
-        .returning(
-            Appointment.id,
-            Appointment.provider_id,
-            Appointment.patient_id,
-            Appointment.clinic_id,
-            Appointment.starts_at,
-            Appointment.ends_at,
-        )
+        .returning(*_CHANGED_COLUMNS)
         .execution_options(synchronize_session=False)
     )
     return (await session.execute(statement)).all()

@@ -3,7 +3,7 @@ from __future__ import annotations
 import enum
 import uuid
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypedDict
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -46,26 +46,23 @@ async def create_account(
 
 
 async def register_patient(session: AsyncSession, passwords: Passwords, data: RegisterIn) -> User:
-    return await create_account(
-        session,
-        passwords,
-        email=data.email,
-        password=data.password,
-        full_name=data.full_name,
-        role=Role.PATIENT,
-    )
+    return await create_account(session, passwords, role=Role.PATIENT, **_identity(data))
 
 
 async def create_operator(session: AsyncSession, passwords: Passwords, data: CreateUserIn) -> User:
     return await create_account(
-        session,
-        passwords,
-        email=data.email,
-        password=data.password,
-        full_name=data.full_name,
-        role=Role(data.role),
-        clinic_id=data.clinic_id,
+        session, passwords, role=Role(data.role), clinic_id=data.clinic_id, **_identity(data)
     )
+
+
+class _Identity(TypedDict):
+    email: str
+    password: str
+    full_name: str
+
+
+def _identity(data: RegisterIn | CreateUserIn) -> _Identity:
+    return {"email": data.email, "password": data.password, "full_name": data.full_name}
 
 
 async def _issue_pair(
