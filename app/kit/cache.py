@@ -23,7 +23,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Annotated, Any, TypeVar
 from zoneinfo import ZoneInfo
@@ -34,7 +34,7 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from app.kit.events import Events
-from app.kit.metrics import CACHE_REQUESTS
+from app.kit.metrics import CACHE_REQUESTS, REDIS_CIRCUIT_OPENINGS, REDIS_FAILURES
 from app.kit.redis import PoolExhausted, run_script
 
 logger = logging.getLogger("carebook.cache")
@@ -96,9 +96,8 @@ class RedisCircuit:
         self.cooldown = cooldown
         self._failures = 0
         self._opened_at: float | None = None
-        self.outages = 0  # times the circuit opened
-        self.exhaustions = 0  # calls that found the pool busy for its whole wait
-        self.failures_total = 0  # calls that reached for Redis and failed
+        # Times the circuit opened: a cache compares it to know it may have missed bumps.
+        self.outages = 0
         self._warn_every = warn_every_seconds
         self._last_warning: dict[str, float] = {}
         self._suppressed: dict[str, int] = {}
@@ -119,16 +118,17 @@ class RedisCircuit:
     def failed(self, exc: BaseException, what: str = "redis call failed") -> None:
         """Record a failed call: `what` names it in the (throttled) warning."""
         if isinstance(exc, PoolExhausted):
-            self.exhaustions += 1
+            REDIS_FAILURES.labels("pool_exhausted").inc()
             self.warn(f"{what}: the Redis pool stayed busy", exc)
             return
         self.warn(what, exc)
-        self.failures_total += 1
+        REDIS_FAILURES.labels("error").inc()
         self._failures += 1
         if self._failures >= self.threshold:
             if self._opened_at is None:
                 logger.warning("redis circuit opened: serving without Redis")
                 self.outages += 1
+                REDIS_CIRCUIT_OPENINGS.inc()
             self._opened_at = time.monotonic()
 
     def warn(self, message: str, exc: BaseException) -> None:
@@ -141,20 +141,6 @@ class RedisCircuit:
         self._last_warning[message] = now
         suppressed = self._suppressed.pop(message, 0)
         logger.warning(message, extra={"error": type(exc).__name__, "suppressed": suppressed})
-
-
-@dataclass
-class CacheStats:
-    hits: dict[str, int] = field(default_factory=dict)
-    misses: dict[str, int] = field(default_factory=dict)
-
-    def hit(self, name: str) -> None:
-        self.hits[name] = self.hits.get(name, 0) + 1
-        CACHE_REQUESTS.labels(name, "hit").inc()
-
-    def miss(self, name: str) -> None:
-        self.misses[name] = self.misses.get(name, 0) + 1
-        CACHE_REQUESTS.labels(name, "miss").inc()
 
 
 @dataclass(frozen=True)
@@ -219,7 +205,6 @@ class Cache:
         # Which events make which values stale (`on_events`); none without declarations.
         self.staleness = tuple(staleness)
         self.circuit = circuit or RedisCircuit()
-        self.stats = CacheStats()
         self._lookup = redis.register_script(_LOOKUP) if redis is not None else None
         self._claim_script = redis.register_script(_CLAIM) if redis is not None else None
         self._bump_script = redis.register_script(_BUMP) if redis is not None else None
@@ -264,9 +249,9 @@ class Cache:
         version_keys, prefix, suffix = _address(name, scope, key, within)
         found = await self._call(lambda: self._lookup_script(version_keys, prefix, suffix))
         if found is not None and found[1] is not None:
-            self.stats.hit(name)
+            CACHE_REQUESTS.labels(name, "hit").inc()
             return bytes(found[1])
-        self.stats.miss(name)
+        CACHE_REQUESTS.labels(name, "miss").inc()
         full_key = found[0].decode() if found is not None else None
         return await self._single_flight(
             full_key or f"{prefix}?{suffix}", lambda: self._fill(full_key, compute, ttl_seconds)
@@ -282,7 +267,7 @@ class Cache:
         found = await self._call(lambda: self._lookup_script(version_keys, prefix, suffix))
         if found is None or found[1] is None:
             return None
-        self.stats.hit(name)
+        CACHE_REQUESTS.labels(name, "hit").inc()
         return bytes(found[1])
 
     async def _lookup_script(self, version_keys: list[str], prefix: str, suffix: str) -> Any:
@@ -403,7 +388,7 @@ class Cache:
             return [None] * len(keys)
         values = [None if value is None else bytes(value) for value in found]
         for value in values:
-            (self.stats.miss if value is None else self.stats.hit)(name)
+            CACHE_REQUESTS.labels(name, "miss" if value is None else "hit").inc()
         return values
 
     async def set_many(self, name: str, values: Mapping[str, bytes], *, ttl_seconds: int) -> None:

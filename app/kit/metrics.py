@@ -95,6 +95,18 @@ CACHE_REQUESTS = Counter(
     "Response-cache lookups by cache and result (hit, miss).",
     ["cache", "result"],
 )
+REDIS_FAILURES = Counter(
+    "carebook_redis_failures_total",
+    "Redis calls of the cache and the rate limiter that failed, by kind: `error` (counts "
+    "towards opening the circuit) or `pool_exhausted` (the connection pool stayed busy for "
+    "its whole wait: Redis answers, this process asks too much at once; never opens it).",
+    ["kind"],
+)
+REDIS_CIRCUIT_OPENINGS = Counter(
+    "carebook_redis_circuit_openings_total",
+    "Times the Redis circuit opened: the process then serves without Redis until a probe "
+    "succeeds, and bumps the cache generation when it does.",
+)
 # Only the reads: counting every hit would cost the hot path more than the lookup itself.
 PRINCIPAL_READS = Counter(
     "carebook_principal_reads_total",

@@ -12,6 +12,7 @@ from fastapi import FastAPI
 
 from app.availability.rules import BookingRules
 from tests.fixtures.booking import Booking, next_local_day
+from tests.fixtures.cache import CacheCounts
 
 
 class Clock:
@@ -32,7 +33,7 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
 async def _read(
     app: FastAPI, client: httpx.AsyncClient, provider_id: object, first: date, last: date
 ) -> tuple[bool, list[str]]:
-    hits = app.state.cache.stats.hits
+    hits = CacheCounts().hits
     before = hits.get("availability", 0)
     response = await client.get(
         f"/v1/providers/{provider_id}/availability",

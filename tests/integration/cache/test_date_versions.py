@@ -22,6 +22,7 @@ from app.kit.cache import Cache
 from app.models import Role
 from tests.fixtures.app import Accounts
 from tests.fixtures.booking import Booking, ProviderSetup, local_instant, next_local_day
+from tests.fixtures.cache import CacheCounts
 
 
 @pytest.fixture(autouse=True)
@@ -44,13 +45,14 @@ class Reader:
 
     async def read(self, first: date, last: date) -> tuple[bool, list[str]]:
         """(whether the read was a cache hit, the slot starts)."""
-        before = self.cache.stats.hits.get("availability", 0)
+        counts = CacheCounts()
+        before = counts.hits.get("availability", 0)
         response = await self.client.get(
             f"/v1/providers/{self.provider.id}/availability",
             params={"from": first.isoformat(), "to": last.isoformat()},
         )
         assert response.status_code == 200, response.text
-        hit = self.cache.stats.hits.get("availability", 0) == before + 1
+        hit = counts.hits.get("availability", 0) == before + 1
         return hit, [slot["start"] for slot in response.json()["slots"]]
 
     async def warm(self, first: date, last: date) -> list[str]:

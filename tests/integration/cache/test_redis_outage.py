@@ -35,7 +35,7 @@ from tests.fixtures import servers
 from tests.fixtures.app import TEST_PASSWORD, Account, Accounts, client_for, make_settings
 from tests.fixtures.app import running_app as running_app_with
 from tests.fixtures.booking import Booking, ProviderSetup, local_instant, next_local_day
-from tests.fixtures.cache import read_until_cached
+from tests.fixtures.cache import CacheCounts, read_until_cached
 from tests.fixtures.problems import assert_problem
 from tests.fixtures.redis_proxy import Mode, RedisProxy, running_redis_proxy
 
@@ -168,7 +168,8 @@ async def test_redis_outage_degrades_and_recovers(
     direct_redis: Redis,
 ) -> None:
     cache: Cache = proxied_app.state.cache
-    hits = cache.stats.hits
+    counted = CacheCounts()
+    hits = counted.hits
     async with client_for(proxied_app) as client:
         accounts = Accounts(proxied_app, client)
         booking = Booking(proxied_app, client, accounts)
@@ -180,7 +181,7 @@ async def test_redis_outage_degrades_and_recovers(
         # Redis healthy: the availability, catalogue and profile caches are warm and used.
         assert (await _ready(client))["redis"] == "ok"
         warm = await read_until_cached(
-            cache.stats, "availability", lambda: _availability(client, provider, day)
+            CacheCounts(), "availability", lambda: _availability(client, provider, day)
         )
         assert nine in _starts(warm)
         clinics_before = hits.get("clinics", 0)
@@ -262,17 +263,19 @@ async def test_redis_outage_degrades_and_recovers(
 
         # The circuit is open: a run of requests does not reach for Redis each time. Counted,
         # not timed: only the circuit's half-open probes (one per cooldown) may try Redis.
-        failed_before = cache.circuit.failures_total
+        counts = CacheCounts()
+        failed_before = counts.failures
         started = time.monotonic()
         for _ in range(TIMED_REQUESTS):
             assert await _availability(client, provider, day) == after_booking
         probes = 1 + int((time.monotonic() - started) // cache.circuit.cooldown)
-        tried = cache.circuit.failures_total - failed_before
+        tried = counts.failures - failed_before
         assert tried <= probes, (
             f"{TIMED_REQUESTS} requests with Redis {outage} tried it {tried} times "
             f"(at most {probes} probes expected): Redis was waited on instead of being skipped"
         )
         assert hits == hits_at_outage, "nothing was served from Redis while it was away"
+        assert counted.openings >= 1, "the circuit's opening is counted for operators"
 
         # Rate limiting still limits, per process, in an app with a tight per-IP budget.
         await _still_rate_limited(proxied_settings, direct_redis)
@@ -367,7 +370,7 @@ async def test_a_change_during_the_outage_is_not_hidden_by_another_instance(
         client_for(other_app) as b,
     ):
         admin = await Accounts(proxied_app, a).create(Role.ADMIN)
-        b_hits = other_app.state.cache.stats.hits
+        b_hits = CacheCounts().hits
         before = await _clinic_names(b)
         assert await _clinic_names(b) == before
         assert b_hits.get("clinics", 0) == 1, "B has the catalogue cached"

@@ -10,10 +10,10 @@ import pytest
 from fastapi import FastAPI
 from redis.asyncio import Redis
 
-from app.kit.cache import Cache
 from app.kit.db import Database
 from app.settings import Settings
 from tests.fixtures.app import client_for, count_statements, running_app
+from tests.fixtures.cache import CacheCounts
 from tests.fixtures.problems import assert_problem
 from tests.fixtures.records import CareTeam, add_records, records_settings
 from tests.fixtures.redis_proxy import RedisProxy, redis_proxy  # noqa: F401 (a fixture)
@@ -107,13 +107,13 @@ async def test_download_urls_are_cached_for_half_their_lifetime(
     records_app: FastAPI, http: httpx.AsyncClient, team: CareTeam, database: Database
 ) -> None:
     await add_records(database, team.patient, team.staff, 3)
-    cache: Cache = records_app.state.cache
+    counts = CacheCounts()
     settings: Settings = records_app.state.settings
     first = (await http.get(team.records_path(), headers=team.staff.headers)).json()["items"]
-    hits = cache.stats.hits.get("record_url", 0)
+    hits = counts.hits.get("record_url", 0)
     again = (await http.get(team.records_path(), headers=team.staff.headers)).json()["items"]
     assert [i["download_url"] for i in again] == [i["download_url"] for i in first]
-    assert cache.stats.hits.get("record_url", 0) == hits + 3
+    assert counts.hits.get("record_url", 0) == hits + 3
 
     redis: Redis = records_app.state.redis
     keys = [key async for key in redis.scan_iter(match="cb:v1:record_url:*")]
@@ -138,6 +138,7 @@ async def test_with_redis_down_urls_are_signed_afresh(
     await add_records(database, team.patient, team.staff, 4)
     app_settings = records_settings(settings, tmp_path, redis_url=redis_proxy.url)
     async with running_app(app_settings) as app, client_for(app) as client:
+        counts = CacheCounts()
         await redis_proxy.set_mode("refuse")
         for _ in range(2):
             with count_statements(app.state.database.primary) as log:
@@ -147,8 +148,7 @@ async def test_with_redis_down_urls_are_signed_afresh(
             assert len(items) == 4
             assert all("/v1/files/patients/" in item["download_url"] for item in items)
             assert log.count == 2
-        cache: Cache = app.state.cache
-        assert cache.stats.hits.get("record_url", 0) == 0
+        assert counts.hits.get("record_url", 0) == 0
         real_redis: Redis = records_app.state.redis  # the same Redis, not through the proxy
         assert await real_redis.keys("cb:v1:record_url:*") == []
         # The URLs work: a signed download of a record without a file is a clean 404.
