@@ -57,13 +57,16 @@ return {3}
 _CLAIM_FOUND, _CLAIM_LOCKED, _CLAIM_BUSY = 1, 2, 3
 _LOCK_MILLISECONDS = 5000
 # KEYS: the generation, then every version the value depends on (the scope's first); ARGV:
-# the value's key before and after the versions. The key is built here only, and returned with
-# the value (nil on a miss) for the caller that fills it.
+# the value's key before and after the versions. The key is built here only. A hit answers the
+# value alone (the hot path parses one bulk string); a miss answers {key}, for the caller that
+# fills it.
 _LOOKUP = """
 local parts = redis.call('MGET', unpack(KEYS))
 for i = 1, #KEYS do parts[i] = parts[i] or '0' end
 local key = ARGV[1] .. table.concat(parts, '.') .. ARGV[2]
-return {key, redis.call('GET', key)}
+local value = redis.call('GET', key)
+if value then return value end
+return {key}
 """
 # KEYS: the versions to bump; ARGV[1]: their lifetime. One command however many scopes a
 # change touches, where a pipeline packed and parsed an INCR and an EXPIRE per scope.
@@ -248,9 +251,9 @@ class Cache:
         scopes `within` it the value also depends on (dates), computing them on a miss."""
         version_keys, prefix, suffix = _address(name, scope, key, within)
         found = await self._call(lambda: self._lookup_script(version_keys, prefix, suffix))
-        if found is not None and found[1] is not None:
+        if isinstance(found, bytes):
             CACHE_REQUESTS.labels(name, "hit").inc()
-            return bytes(found[1])
+            return found
         CACHE_REQUESTS.labels(name, "miss").inc()
         full_key = found[0].decode() if found is not None else None
         return await self._single_flight(
@@ -265,10 +268,10 @@ class Cache:
         `get_or_compute` counts it once."""
         version_keys, prefix, suffix = _address(name, scope, key, within)
         found = await self._call(lambda: self._lookup_script(version_keys, prefix, suffix))
-        if found is None or found[1] is None:
+        if not isinstance(found, bytes):
             return None
         CACHE_REQUESTS.labels(name, "hit").inc()
-        return bytes(found[1])
+        return found
 
     async def _lookup_script(self, version_keys: list[str], prefix: str, suffix: str) -> Any:
         assert self._lookup is not None
