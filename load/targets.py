@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import enum
 import itertools
+from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -151,15 +152,15 @@ class Ratio:
         return Reading(value, f"{value:.2f}")
 
 
-class OfMainRun:
+class OfMainRun(ABC):
     """A metric of the scenario's main run: no reading when the scenario did not run."""
 
     def read(self, figures: Figures, scenario: str, at: Occasion) -> Reading | None:
         run = figures.runs.get(scenario)
         return None if run is None else self.of(run)
 
-    def of(self, run: ScenarioRun) -> Reading | None:
-        raise NotImplementedError
+    @abstractmethod
+    def of(self, run: ScenarioRun) -> Reading | None: ...
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,7 @@ from load.medians import median_run
 from load.report import BEGIN_MARK, END_MARK, write_report
 from load.runs import ScenarioRun
 from load.servers import hit_rate, log_problems, parse_cache_counters
+from tests.unit.load.loopback import serving
 
 CHUNKED = (
     b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Type: text/plain\r\n\r\n"
@@ -265,13 +266,9 @@ class TinyServer:
 @pytest.fixture
 async def tiny() -> AsyncIterator[TinyServer]:
     state = TinyServer()
-    server = await asyncio.start_server(state.handle, "127.0.0.1", 0)
-    state.port = server.sockets[0].getsockname()[1]
-    try:
+    async with serving(state.handle) as port:
+        state.port = port
         yield state
-    finally:
-        server.close()
-        await server.wait_closed()
 
 
 def get(tiny: TinyServer, path: str) -> bytes:

@@ -15,6 +15,7 @@ from contextlib import suppress
 import pytest
 
 from load.latency_proxy import LatencyProxy, precise_event_loop, proxy_process
+from tests.unit.load.loopback import serving
 
 
 @pytest.fixture
@@ -31,12 +32,8 @@ async def echo() -> AsyncIterator[int]:
         finally:
             writer.close()
 
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    try:
-        yield int(server.sockets[0].getsockname()[1])
-    finally:
-        server.close()
-        await server.wait_closed()
+    async with serving(handle) as port:
+        yield port
 
 
 async def _round_trip(port: int, payload: bytes) -> tuple[bytes, float]:

@@ -13,6 +13,7 @@ import pytest
 from hdrh.histogram import HdrHistogram
 
 from load.client import OpenLoopPlan, OpenLoopResult, build_request, run_open_loop
+from tests.unit.load.loopback import serving
 
 
 @dataclass
@@ -54,13 +55,9 @@ class SlowServer:
 @pytest.fixture
 async def slow() -> AsyncIterator[SlowServer]:
     state = SlowServer()
-    server = await asyncio.start_server(state.handle, "127.0.0.1", 0)
-    state.port = server.sockets[0].getsockname()[1]
-    try:
+    async with serving(state.handle) as port:
+        state.port = port
         yield state
-    finally:
-        server.close()
-        await server.wait_closed()
 
 
 def _accounted(run: OpenLoopResult) -> None:
